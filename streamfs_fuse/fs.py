@@ -1,0 +1,494 @@
+"""The pyfuse3 Operations that expose streams as files.
+
+This layer only maps FUSE requests onto the stream core (``stream.py``,
+``reader.py``) and core errors onto errno. It keeps the directory tree, the
+inode table with the kernel's lookup counts, and one handle per open().
+
+Caveats:
+- Files are opened ``direct_io`` and ``nonseekable``: no page cache, the
+  offset of reads and writes is ignored, lseek fails with ESPIPE.
+- Hard links, symlinks and device nodes are refused with EPERM.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .reader import Reader, ReaderDisconnected
+from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
+
+__all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
+
+log = logging.getLogger(__name__)
+
+#: What read() fails with after the ``disconnect`` policy cut a reader off:
+#: "No buffer space available" says what happened.
+READER_DISCONNECTED_ERRNO = errno.ENOBUFS
+
+#: Longest name, in bytes, as on most Linux file systems.
+NAME_MAX = 255
+
+#: Sizes and times change with every write, so the kernel must not cache them.
+ATTR_TIMEOUT = 0.0
+#: Names change only through this mount, which the kernel sees; cache briefly.
+ENTRY_TIMEOUT = 1.0
+
+XATTR_PREFIX = b"user.streamfs."
+#: Extended attributes that can be set, and how their value is parsed.
+SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
+
+
+@dataclass(eq=False)
+class Node:
+    """An inode: a directory or a stream, with its metadata."""
+
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    parent: Directory | None
+    name: bytes
+    atime_ns: int = field(default_factory=time.time_ns)
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    #: Lookups the kernel holds; the node may be freed when this and
+    #: :attr:`open_count` are zero and it has no name.
+    lookups: int = 0
+    open_count: int = 0
+    linked: bool = True
+
+    def __post_init__(self) -> None:
+        self.mtime_ns = self.ctime_ns = self.atime_ns
+
+
+@dataclass(eq=False)
+class Directory(Node):
+    entries: dict[bytes, Node] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class StreamFile(Node):
+    stream: Stream | None = None
+
+
+@dataclass(eq=False)
+class Handle:
+    """One open() of a stream."""
+
+    node: StreamFile
+    reader: Reader | None
+    writable: bool
+    nonblocking: bool
+
+
+class StreamFS(pyfuse3.Operations):
+    """A tree of directories whose files are live streams."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, settings: StreamSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        now_uid, now_gid = os.getuid(), os.getgid()
+        self.root = Directory(
+            inode=pyfuse3.ROOT_INODE, mode=stat.S_IFDIR | 0o755,
+            uid=now_uid, gid=now_gid, parent=None, name=b"",
+        )
+        self.root.lookups = 1
+        self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: self.root}
+        # Inode numbers are never reused: the kernel may still hold an old one.
+        self._inodes = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._handles: dict[int, Handle] = {}
+        self._fhs = itertools.count(1)
+        self.closed = False
+
+    # -- helpers ---------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _directory(self, inode: int) -> Directory:
+        node = self._node(inode)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.inode
+        attrs.generation = 0
+        attrs.entry_timeout = ENTRY_TIMEOUT
+        attrs.attr_timeout = ATTR_TIMEOUT
+        attrs.st_mode = node.mode
+        attrs.st_uid = node.uid
+        attrs.st_gid = node.gid
+        attrs.st_rdev = 0
+        attrs.st_blksize = 4096
+        attrs.st_atime_ns = node.atime_ns
+        attrs.st_ctime_ns = node.ctime_ns
+        attrs.st_mtime_ns = node.mtime_ns
+        if isinstance(node, Directory):
+            subdirs = sum(isinstance(n, Directory) for n in node.entries.values())
+            attrs.st_nlink = 2 + subdirs
+            attrs.st_size = 0
+            attrs.st_blocks = 0
+        else:
+            stream = node.stream
+            attrs.st_nlink = 1 if node.linked else 0
+            # A throughput counter, as in AGFS: every byte ever written.
+            attrs.st_size = stream.bytes_written
+            # What the ring holds in memory, so du shows it.
+            attrs.st_blocks = (stream.ring.nbytes + 511) // 512
+        return attrs
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        if not name or b"/" in name or name in (b".", b".."):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    def _path(self, node: Node) -> str:
+        parts = []
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/" + os.fsdecode(b"/".join(reversed(parts)))
+
+    def _add(self, parent: Directory, name: bytes, node: Node) -> None:
+        parent.entries[name] = node
+        self.nodes[node.inode] = node
+        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+
+    def _new_stream(self, parent: Directory, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> StreamFile:
+        self._check_name(name)
+        if name in parent.entries:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        node = StreamFile(
+            inode=next(self._inodes), mode=stat.S_IFREG | (mode & 0o7777),
+            uid=ctx.uid, gid=ctx.gid, parent=parent, name=name,
+        )
+        node.stream = Stream(self._path(node), self.settings)
+        if self.closed:
+            node.stream.close()
+        self._add(parent, name, node)
+        log.info("stream %r created", node.stream.name)
+        return node
+
+    def _unlink_node(self, parent: Directory, name: bytes) -> None:
+        node = parent.entries.pop(name)
+        node.linked = False
+        node.ctime_ns = parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        if isinstance(node, StreamFile):
+            node.stream.close()
+            log.info("stream %r removed", node.stream.name)
+        self._maybe_free(node)
+
+    def _maybe_free(self, node: Node) -> None:
+        if not node.linked and node.lookups == 0 and node.open_count == 0:
+            self.nodes.pop(node.inode, None)
+
+    def close_all_streams(self) -> None:
+        """Shutting down: every reader drains its queue, then gets EOF."""
+        self.closed = True
+        for node in self.nodes.values():
+            if isinstance(node, StreamFile):
+                node.stream.close()
+
+    def open_readers(self) -> list[Reader]:
+        return [h.reader for h in self._handles.values() if h.reader is not None]
+
+    # -- names -----------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx):
+        parent = self._directory(parent_inode)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = parent.parent or parent
+        else:
+            if len(name) > NAME_MAX:
+                raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+            try:
+                node = parent.entries[name]
+            except KeyError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+        node.lookups += 1
+        return self._attributes(node)
+
+    async def forget(self, inode_list):
+        for inode, count in inode_list:
+            node = self.nodes.get(inode)
+            if node is None:
+                continue
+            node.lookups -= count
+            self._maybe_free(node)
+
+    async def getattr(self, inode, ctx):
+        return self._attributes(self._node(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        now = time.time_ns()
+        if fields.update_mode:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            node.uid = attr.st_uid
+        if fields.update_gid:
+            node.gid = attr.st_gid
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+        # update_size (truncate, O_TRUNC) is accepted and ignored: a stream
+        # cannot be shortened, and shell redirection must work.
+        node.ctime_ns = now
+        return self._attributes(node)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        node = self._new_stream(self._directory(parent_inode), name, mode, ctx)
+        node.lookups += 1
+        return self._attributes(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self._directory(parent_inode)
+        self._check_name(name)
+        if name in parent.entries:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        node = Directory(
+            inode=next(self._inodes), mode=stat.S_IFDIR | (mode & 0o7777),
+            uid=ctx.uid, gid=ctx.gid, parent=parent, name=name,
+        )
+        self._add(parent, name, node)
+        node.lookups += 1
+        return self._attributes(node)
+
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._directory(parent_inode)
+        node = parent.entries.get(name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self._unlink_node(parent, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._directory(parent_inode)
+        node = parent.entries.get(name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if node.entries:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self._unlink_node(parent, name)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old_parent = self._directory(parent_inode_old)
+        new_parent = self._directory(parent_inode_new)
+        self._check_name(name_new)
+        node = old_parent.entries.get(name_old)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        target = new_parent.entries.get(name_new)
+        if target is node:
+            return
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if isinstance(target, Directory):
+                if not isinstance(node, Directory):
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if target.entries:
+                    raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            elif isinstance(node, Directory):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self._unlink_node(new_parent, name_new)
+        del old_parent.entries[name_old]
+        node.parent, node.name = new_parent, name_new
+        self._add(new_parent, name_new, node)
+        old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = time.time_ns()
+        self._rename_streams(node)
+
+    def _rename_streams(self, node: Node) -> None:
+        if isinstance(node, StreamFile):
+            node.stream.name = self._path(node)
+        elif isinstance(node, Directory):
+            for child in node.entries.values():
+                self._rename_streams(child)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def readlink(self, inode, ctx):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    # -- directories -----------------------------------------------------
+
+    async def opendir(self, inode, ctx):
+        self._directory(inode)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        directory = self._directory(fh)
+        # Offsets are inode numbers, which only grow: entries added or removed
+        # during a listing never make others appear twice or go missing.
+        for node in sorted(directory.entries.values(), key=lambda n: n.inode):
+            if node.inode <= start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), node.inode):
+                break
+            node.lookups += 1
+
+    async def releasedir(self, fh):
+        pass
+
+    async def statfs(self, ctx):
+        result = pyfuse3.StatvfsData()
+        result.f_bsize = result.f_frsize = 512
+        result.f_blocks = sum(
+            (n.stream.ring.nbytes + 511) // 512
+            for n in self.nodes.values() if isinstance(n, StreamFile)
+        )
+        result.f_bfree = result.f_bavail = 0
+        result.f_files = len(self.nodes)
+        result.f_ffree = result.f_favail = 2**32
+        result.f_namemax = NAME_MAX
+        return result
+
+    # -- streams ---------------------------------------------------------
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._directory(parent_inode)
+        node = parent.entries.get(name)
+        if node is None:
+            node = self._new_stream(parent, name, mode, ctx)
+        elif flags & os.O_EXCL:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        elif not isinstance(node, StreamFile):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        info = self._open(node, flags, ctx)
+        node.lookups += 1
+        return info, self._attributes(node)
+
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if not isinstance(node, StreamFile):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open(node, flags, ctx)
+
+    def _open(self, node: StreamFile, flags: int, ctx) -> pyfuse3.FileInfo:
+        access = flags & os.O_ACCMODE
+        readable = access in (os.O_RDONLY, os.O_RDWR)
+        writable = access in (os.O_WRONLY, os.O_RDWR)
+        reader = node.stream.open_reader() if readable else None
+        if writable:
+            node.stream.writers += 1
+        node.open_count += 1
+        fh = next(self._fhs)
+        self._handles[fh] = Handle(node, reader, writable, bool(flags & os.O_NONBLOCK))
+        if reader is not None:
+            log.debug("stream %r: reader %d opened by pid %d", node.stream.name, reader.id, ctx.pid)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True, keep_cache=False)
+
+    async def read(self, fh, off, size):
+        handle = self._handles[fh]
+        try:
+            return await handle.reader.read(size, nonblocking=handle.nonblocking)
+        except trio.WouldBlock:
+            raise pyfuse3.FUSEError(errno.EAGAIN) from None
+        except ReaderDisconnected:
+            raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
+
+    async def write(self, fh, off, buf):
+        node = self._handles[fh].node
+        try:
+            written = await node.stream.write(buf)
+        except StreamClosed:
+            raise pyfuse3.FUSEError(errno.EPIPE) from None
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        return written
+
+    async def flush(self, fh):
+        pass
+
+    async def fsync(self, fh, datasync):
+        pass
+
+    async def release(self, fh):
+        handle = self._handles.pop(fh)
+        node = handle.node
+        if handle.reader is not None:
+            node.stream.release_reader(handle.reader)
+        if handle.writable:
+            node.stream.writers -= 1
+        node.open_count -= 1
+        self._maybe_free(node)
+
+    # -- extended attributes ---------------------------------------------
+
+    def _stream_xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if not isinstance(node, StreamFile):
+            return {}
+        stats = node.stream.statistics()
+        values = {
+            "readers": stats.readers,
+            "writers": stats.writers,
+            "bytes_written": stats.bytes_written,
+            "chunks_written": stats.chunks_written,
+            "ring_bytes": stats.ring_bytes,
+            "ring_chunks": stats.ring_chunks,
+            "dropped_chunks": stats.dropped_chunks,
+            "dropped_bytes": stats.dropped_bytes,
+            "disconnected_readers": stats.disconnected_readers,
+            "channel_buffer_size": stats.channel_buffer_size,
+            "ring_buffer_size": stats.ring_buffer_size,
+            "slow_reader": stats.slow_reader.value,
+        }
+        return {XATTR_PREFIX + k.encode(): str(v).encode() for k, v in values.items()}
+
+    async def listxattr(self, inode, ctx):
+        return list(self._stream_xattrs(self._node(inode)))
+
+    async def getxattr(self, inode, name, ctx):
+        try:
+            return self._stream_xattrs(self._node(inode))[name]
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    async def setxattr(self, inode, name, value, ctx):
+        node = self._node(inode)
+        if name not in SETTABLE_XATTRS or not isinstance(node, StreamFile):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if ctx.uid not in (0, node.uid):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        try:
+            policy = SlowReaderPolicy(value.decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        node.stream.set_policy(policy)
+        node.ctime_ns = time.time_ns()
+
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -1,0 +1,219 @@
+"""The process around the file system: mount, daemonize, serve, shut down.
+
+The order follows s3ql's mount.py: check everything that can be checked
+before touching the kernel, mount, go to the background only once the mount
+is there (so the command returns when the mount is ready, like sshfs), then
+serve until a signal or an unmount, and always unmount on the way out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import logging.handlers
+import os
+import signal
+import stat
+import sys
+
+import pyfuse3
+import trio
+
+from .config import MountConfig
+from .fs import StreamFS
+
+__all__ = ["MountError", "mount", "is_mounted"]
+
+log = logging.getLogger(__name__)
+
+#: pyfuse3 serves each request in a worker task and a blocked read holds its
+#: task until data comes; when all are blocked nobody reads /dev/fuse and the
+#: mount hangs. Tasks are cheap, so allow far more than the readers we support.
+MAX_WORKERS = 100_000
+
+#: On shutdown, how long readers get to drain their queues before the unmount.
+DRAIN_GRACE = 2.0
+
+#: How often to look whether someone unmounted us lazily (fusermount3 -u -z),
+#: which the kernel does not tell a daemon while files are still open.
+UNMOUNT_POLL_INTERVAL = 1.0
+
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class MountError(Exception):
+    """Mounting failed; the message is shown to the user as it is."""
+
+
+def mount(config: MountConfig) -> int:
+    """Mount and serve ``config``; return the exit status."""
+    mountpoint = os.path.realpath(config.mountpoint)
+    check_mountpoint(mountpoint)
+    check_fuse_device()
+    fs = StreamFS(config.settings)
+    options = fuse_options(config)
+    if config.foreground:
+        setup_logging(config, background=False)
+        start(fs, mountpoint, options)
+        return serve(fs, mountpoint)
+    return daemonize(fs, mountpoint, options, config)
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    options = {"default_permissions", "subtype=streamfs-fuse"} | config.fuse_options
+    if not any(o.startswith("fsname=") for o in options):
+        options.add("fsname=streamfs")
+    if config.debug:
+        options.add("debug")
+    return options
+
+
+def check_mountpoint(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{path} is a dead mount left by a daemon that was killed;"
+                f" run 'fusermount3 -u {path}' first"
+            ) from None
+        raise MountError(f"cannot use mountpoint {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if is_mounted(path):
+        raise MountError(f"{path} is already mounted (unmount it with 'fusermount3 -u {path}')")
+
+
+def check_fuse_device() -> None:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except FileNotFoundError:
+        raise MountError("/dev/fuse does not exist: load the fuse kernel module"
+                         " (modprobe fuse) or, in a container, pass the device in") from None
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise MountError("/dev/fuse: permission denied") from None
+        return  # fusermount3 opens it for unprivileged users
+    except OSError as e:
+        raise MountError(f"cannot open /dev/fuse: {e.strerror}") from None
+    os.close(fd)
+
+
+def is_mounted(path: str) -> bool:
+    """Whether ``path`` is a mount point, read from /proc without touching it."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        table = f.read()
+    encoded = os.fsencode(path)
+    for char in (b"\\", b" ", b"\t", b"\n"):
+        encoded = encoded.replace(char, b"\\%03o" % ord(char))
+    return any(line.split(b" ")[4] == encoded for line in table.splitlines())
+
+
+def start(fs: StreamFS, mountpoint: str, options: set[str]) -> None:
+    try:
+        pyfuse3.init(fs, mountpoint, options)
+    except RuntimeError as e:
+        raise MountError(f"cannot mount on {mountpoint}: {e}") from None
+    log.info("mounted on %s", mountpoint)
+
+
+def serve(fs: StreamFS, mountpoint: str) -> int:
+    """Serve requests until a signal or an unmount, then unmount."""
+    try:
+        trio.run(_serve, fs, mountpoint)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+    return 0
+
+
+async def _serve(fs: StreamFS, mountpoint: str) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, fs)
+        nursery.start_soon(_watch_unmount, fs, mountpoint)
+        await pyfuse3.main(max_tasks=MAX_WORKERS)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(fs: StreamFS) -> None:
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        async for signum in signals:
+            log.info("%s: ending all streams and unmounting", signal.Signals(signum).name)
+            break
+    fs.close_all_streams()
+    # Readers now drain their queues and get EOF; give them a moment to do so
+    # before the kernel connection goes away.
+    with trio.move_on_after(DRAIN_GRACE):
+        while not all(reader.at_eof for reader in fs.open_readers()):
+            await trio.sleep(0.05)
+    pyfuse3.terminate()
+
+
+async def _watch_unmount(fs: StreamFS, mountpoint: str) -> None:
+    while is_mounted(mountpoint):
+        await trio.sleep(UNMOUNT_POLL_INTERVAL)
+    # Lazily unmounted: end the streams so readers close their files and the
+    # kernel can let the connection go, which ends pyfuse3.main().
+    log.info("%s was unmounted: ending all streams", mountpoint)
+    fs.close_all_streams()
+
+
+def daemonize(fs: StreamFS, mountpoint: str, options: set[str], config: MountConfig) -> int:
+    """Mount in a background child; return once the mount is ready or failed."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_write)
+        with os.fdopen(ready_read, "rb") as pipe:
+            report = pipe.read()
+        if report == b"ready":
+            return 0
+        os.waitpid(pid, 0)
+        raise MountError(report.decode(errors="replace") or "the daemon died before mounting")
+    code = 1
+    try:
+        os.close(ready_read)
+        os.setsid()
+        try:
+            start(fs, mountpoint, options)
+        except MountError as e:
+            os.write(ready_write, str(e).encode())
+            return 1  # the finally clause exits with code 1
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        setup_logging(config, background=True)
+        os.write(ready_write, b"ready")
+        os.close(ready_write)
+        code = serve(fs, mountpoint)
+    except BaseException:
+        log.exception("the daemon failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def setup_logging(config: MountConfig, *, background: bool) -> None:
+    level = logging.WARNING
+    if config.verbosity == 1:
+        level = logging.INFO
+    elif config.verbosity > 1 or config.debug:
+        level = logging.DEBUG
+    if background:
+        handler: logging.Handler = (
+            logging.handlers.SysLogHandler("/dev/log") if os.path.exists("/dev/log")
+            else logging.NullHandler()
+        )
+        handler.setFormatter(logging.Formatter("streamfs-fuse[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # pyfuse3 logs each worker task it starts and stops; only -d wants that.
+    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if config.debug else logging.INFO)

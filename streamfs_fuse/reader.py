@@ -1,0 +1,231 @@
+"""One open-for-read handle on a stream."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+
+__all__ = ["Reader", "ReaderStatistics", "ReaderDisconnected"]
+
+log = logging.getLogger(__name__)
+
+#: Drop warnings for one reader are logged at most this often, with the
+#: counts since the last warning, so a stalled reader cannot flood the log.
+DROP_LOG_INTERVAL = 5.0
+
+
+class ReaderDisconnected(Exception):
+    """The reader fell further behind than its buffer allows and was cut off."""
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    pending_bytes: int
+    pending_chunks: int
+    delivered_bytes: int
+    dropped_chunks: int
+    dropped_bytes: int
+    disconnected: bool
+
+
+class Reader:
+    """A reader's own queue of chunks, fed by its stream and drained by read().
+
+    Each reader has a trio memory channel. The stream sends chunks into it by
+    reference (readers share one bytes object per chunk) and counts the bytes
+    queued in :attr:`pending`; the slow-reader policy compares that count with
+    :attr:`capacity`. Closing the channel is how the stream says "no more":
+    read() then returns what is still queued and after that ``b""`` (EOF).
+
+    read() may be cancelled at any point without losing data: a chunk is taken
+    off the channel only when it is about to be returned.
+    """
+
+    def __init__(self, stream_name: str, reader_id: int, capacity: int) -> None:
+        self.stream_name = stream_name
+        self.id = reader_id
+        self.capacity = capacity
+        self.pending = 0
+        self.delivered_bytes = 0
+        self.dropped_chunks = 0
+        self.dropped_bytes = 0
+        self.disconnected = False
+        # Infinite in items: the bound is in bytes and kept by the stream.
+        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+        # The chunk being served across several reads, and how far into it.
+        self._current: memoryview | None = None
+        self._offset = 0
+        # Writers waiting for this reader to make room (the ``block`` policy).
+        self._room = trio.lowlevel.ParkingLot()
+        self.ended = False
+        #: read() has returned EOF (or failed after a disconnect).
+        self.at_eof = False
+        self._unlogged_chunks = 0
+        self._unlogged_bytes = 0
+        self._last_drop_log = -math.inf
+
+    # -- the stream's side ------------------------------------------------
+
+    def has_room(self, size: int) -> bool:
+        """Whether a chunk of ``size`` bytes fits; an empty reader takes any chunk."""
+        return self.pending == 0 or self.pending + size <= self.capacity
+
+    def push(self, chunk: bytes) -> None:
+        self._send.send_nowait(chunk)
+        self.pending += len(chunk)
+
+    def drop(self, chunk: bytes) -> None:
+        """Count a chunk this reader misses, and warn now and then."""
+        size = len(chunk)
+        self.dropped_chunks += 1
+        self.dropped_bytes += size
+        self._unlogged_chunks += 1
+        self._unlogged_bytes += size
+        now = trio.current_time()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            log.warning(
+                "stream %r: reader %d is too slow and missed %d chunks (%d bytes);"
+                " %d chunks (%d bytes) missed in all",
+                self.stream_name, self.id, self._unlogged_chunks, self._unlogged_bytes,
+                self.dropped_chunks, self.dropped_bytes,
+            )
+            self._unlogged_chunks = self._unlogged_bytes = 0
+            self._last_drop_log = now
+
+    def end(self) -> None:
+        """No more chunks will come: read() drains the queue, then returns EOF."""
+        self.ended = True
+        self._send.close()
+        self._room.unpark_all()
+
+    def disconnect(self) -> None:
+        """Cut the reader off: its queue is discarded and read() fails from now on."""
+        if self.disconnected:
+            return
+        self.disconnected = True
+        log.warning(
+            "stream %r: reader %d disconnected: %d bytes queued exceed its buffer of %d bytes",
+            self.stream_name, self.id, self.pending, self.capacity,
+        )
+        self.end()
+        self._discard_queue()
+
+    async def wait_room(self, size: int) -> None:
+        """Wait until a chunk of ``size`` bytes fits or the reader has gone away."""
+        while not self.has_room(size) and not self.ended:
+            await self._room.park()
+
+    # -- the reading side -------------------------------------------------
+
+    async def read(self, size: int, *, nonblocking: bool = False) -> bytes | memoryview:
+        """Return up to ``size`` bytes as soon as any are queued; ``b""`` at EOF.
+
+        Waits while nothing is queued, for as long as it takes. Queued small
+        chunks are joined into one reply; a chunk larger than ``size`` is
+        served over several reads without copying its tail.
+        Raises :class:`trio.WouldBlock` when ``nonblocking`` and nothing is
+        queued, and :class:`ReaderDisconnected` once the reader was cut off.
+        """
+        if self._current is None:
+            try:
+                chunk = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                if nonblocking:
+                    raise
+                try:
+                    chunk = await self._receive.receive()
+                except trio.EndOfChannel:
+                    return self._eof()
+            except trio.EndOfChannel:
+                return self._eof()
+            if len(chunk) <= size:
+                more = self._take_more(size - len(chunk))
+                if not more:
+                    self._consumed(len(chunk))
+                    return chunk
+                more.insert(0, chunk)
+                data = b"".join(more)
+                self._consumed(len(data))
+                return data
+            self._current = memoryview(chunk)
+            self._offset = 0
+        return self._serve_current(size)
+
+    def _serve_current(self, size: int) -> memoryview:
+        start = self._offset
+        piece = self._current[start:start + size]
+        self._offset = start + len(piece)
+        if self._offset == len(self._current):
+            self._current = None
+        self._consumed(len(piece))
+        return piece
+
+    def _take_more(self, room: int) -> list[bytes]:
+        """Whole queued chunks that fit in ``room`` more bytes, without waiting."""
+        taken: list[bytes] = []
+        while room > 0:
+            try:
+                chunk = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            # A chunk that does not fit whole becomes the one served next.
+            if len(chunk) > room:
+                self._current = memoryview(chunk)
+                self._offset = 0
+                if room:
+                    taken.append(self._serve_part(room))
+                break
+            taken.append(chunk)
+            room -= len(chunk)
+        return taken
+
+    def _serve_part(self, size: int) -> memoryview:
+        piece = self._current[:size]
+        self._offset = size
+        return piece
+
+    def _consumed(self, size: int) -> None:
+        self.pending -= size
+        self.delivered_bytes += size
+        if self._room:
+            self._room.unpark_all()
+
+    def _eof(self) -> bytes:
+        self.at_eof = True
+        self._check_connected()
+        return b""
+
+    def _check_connected(self) -> None:
+        if self.disconnected:
+            raise ReaderDisconnected(
+                f"reader {self.id} of stream {self.stream_name!r} was disconnected"
+            )
+
+    def _discard_queue(self) -> None:
+        self._current = None
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self.pending = 0
+
+    def close(self) -> None:
+        """The handle was released: forget everything queued."""
+        self.end()
+        self._discard_queue()
+        self._receive.close()
+
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(
+            pending_bytes=self.pending,
+            pending_chunks=self._receive.statistics().current_buffer_used
+            + (self._current is not None),
+            delivered_bytes=self.delivered_bytes,
+            dropped_chunks=self.dropped_chunks,
+            dropped_bytes=self.dropped_bytes,
+            disconnected=self.disconnected,
+        )

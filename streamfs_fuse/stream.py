@@ -1,0 +1,179 @@
+"""A live byte stream: writers append chunks, every open reader gets them."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import trio
+
+from .reader import Reader
+from .ring import RingBuffer
+
+__all__ = ["SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream", "StreamClosed"]
+
+log = logging.getLogger(__name__)
+
+
+class SlowReaderPolicy(enum.Enum):
+    """What a write does for a reader whose buffer cannot take the chunk."""
+
+    #: The reader misses the chunk; writers and other readers never wait.
+    DROP = "drop"
+    #: The write waits until every reader has room: lossless, like a pipe.
+    BLOCK = "block"
+    #: The reader is cut off; its next read fails.
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    channel_buffer_size: int = 6 * 1024 * 1024
+    ring_buffer_size: int = 6 * 1024 * 1024
+    slow_reader: SlowReaderPolicy = SlowReaderPolicy.DROP
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    readers: int
+    writers: int
+    bytes_written: int
+    chunks_written: int
+    ring_bytes: int
+    ring_chunks: int
+    dropped_chunks: int
+    dropped_bytes: int
+    disconnected_readers: int
+    channel_buffer_size: int
+    ring_buffer_size: int
+    slow_reader: SlowReaderPolicy
+
+
+class StreamClosed(Exception):
+    """The stream was removed: it takes no more data."""
+
+
+class Stream:
+    """One stream: its ring of history, its readers, its counters.
+
+    Each write is one chunk, delivered whole and in order to every reader that
+    is open at that moment; a reader that opens is first given the ring's
+    history. Both happen without an await in between, so no chunk is lost,
+    repeated or reordered between history and live data.
+    """
+
+    def __init__(self, name: str, settings: StreamSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.ring = RingBuffer(settings.ring_buffer_size)
+        self.readers: list[Reader] = []
+        self.writers = 0
+        self.bytes_written = 0
+        self.chunks_written = 0
+        self.dropped_chunks = 0
+        self.dropped_bytes = 0
+        self.disconnected_readers = 0
+        self.closed = False
+        #: Wall-clock time of the last write, for mtime.
+        self.last_write = time.time()
+        self._reader_ids = itertools.count(1)
+        # Under the block policy, writers queue here so chunks keep arrival order.
+        self._write_lock = trio.Lock()
+
+    @property
+    def policy(self) -> SlowReaderPolicy:
+        return self.settings.slow_reader
+
+    def set_policy(self, policy: SlowReaderPolicy) -> None:
+        self.settings = replace(self.settings, slow_reader=policy)
+
+    def open_reader(self) -> Reader:
+        """Register a reader, seeded with as much history as its buffer holds."""
+        reader = Reader(self.name, next(self._reader_ids), self.settings.channel_buffer_size)
+        for chunk in self.ring.newest(reader.capacity):
+            reader.push(chunk)
+        if self.closed:
+            reader.end()
+        else:
+            self.readers.append(reader)
+        return reader
+
+    def release_reader(self, reader: Reader) -> None:
+        reader.close()
+        try:
+            self.readers.remove(reader)
+        except ValueError:
+            pass
+
+    async def write(self, data: bytes) -> int:
+        """Append ``data`` as one chunk; raise :class:`StreamClosed` once removed."""
+        if self.closed:
+            raise StreamClosed(self.name)
+        if not data:
+            return 0
+        if self.policy is SlowReaderPolicy.BLOCK:
+            async with self._write_lock:
+                await self._wait_for_room(len(data))
+                self._deliver(data)
+        else:
+            self._deliver(data)
+        return len(data)
+
+    async def _wait_for_room(self, size: int) -> None:
+        while True:
+            if self.closed:
+                raise StreamClosed(self.name)
+            slow = next((r for r in self.readers if not r.has_room(size)), None)
+            if slow is None:
+                return
+            await slow.wait_room(size)
+
+    def _deliver(self, chunk: bytes) -> None:
+        size = len(chunk)
+        self.ring.append(chunk)
+        self.bytes_written += size
+        self.chunks_written += 1
+        self.last_write = time.time()
+        cut_off = []
+        for reader in self.readers:
+            if reader.has_room(size):
+                reader.push(chunk)
+            elif self.policy is SlowReaderPolicy.DISCONNECT:
+                cut_off.append(reader)
+            else:
+                reader.drop(chunk)
+                self.dropped_chunks += 1
+                self.dropped_bytes += size
+        for reader in cut_off:
+            reader.disconnect()
+            self.readers.remove(reader)
+            self.disconnected_readers += 1
+
+    def close(self) -> None:
+        """End the stream: readers drain what is queued, then get EOF."""
+        if self.closed:
+            return
+        self.closed = True
+        for reader in self.readers:
+            reader.end()
+        self.readers.clear()
+        self.ring.clear()
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(
+            readers=len(self.readers),
+            writers=self.writers,
+            bytes_written=self.bytes_written,
+            chunks_written=self.chunks_written,
+            ring_bytes=self.ring.nbytes,
+            ring_chunks=len(self.ring),
+            dropped_chunks=self.dropped_chunks,
+            dropped_bytes=self.dropped_bytes,
+            disconnected_readers=self.disconnected_readers,
+            channel_buffer_size=self.settings.channel_buffer_size,
+            ring_buffer_size=self.settings.ring_buffer_size,
+            slow_reader=self.policy,
+        )
