@@ -1,0 +1,124 @@
+"""Fixtures that mount a real streamfs-fuse in a temporary directory.
+
+Every mount is torn down even when the test fails: processes the test
+started are killed by PID, the daemon is stopped with SIGTERM (which ends
+every stream, so readers blocked in read() return), and a mount still left
+is lazily unmounted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamfs_fuse.mount import is_mounted
+
+#: In CI the mount tests must run: a missing /dev/fuse is then a failure.
+REQUIRE_MOUNT = os.environ.get("STREAMFS_REQUIRE_MOUNT") == "1"
+
+DAEMON = [sys.executable, "-m", "streamfs_fuse"]
+
+
+def require_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        if REQUIRE_MOUNT:
+            pytest.fail("/dev/fuse is missing but STREAMFS_REQUIRE_MOUNT=1")
+        pytest.skip("/dev/fuse is missing: mount tests need the fuse kernel module")
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Mount:
+    """A streamfs-fuse daemon in the foreground, and the processes a test starts."""
+
+    def __init__(self, path: Path, log_path: Path, args: list[str]) -> None:
+        self.path = path
+        self.log_path = log_path
+        self.processes: list[subprocess.Popen] = []
+        self._log = open(log_path, "wb")
+        self.daemon = subprocess.Popen(
+            [*DAEMON, str(path), "-f", *args], stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(lambda: is_mounted(str(path)) or self.daemon.poll() is not None,
+                       what="the mount")
+            if self.daemon.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.daemon.returncode}:\n{self.log()}")
+        except BaseException:
+            self.close()
+            raise
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def spawn(self, args, **kwargs) -> subprocess.Popen:
+        """Start a process that the teardown will kill if it is still running."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        process = subprocess.Popen(args, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0) -> int:
+        """Signal the daemon and wait for it to exit; return its status."""
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+        return self.daemon.wait(timeout)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        try:
+            self.stop(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait()
+        if is_mounted(str(self.path)):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        for process in self.processes:
+            try:
+                process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def mount_with(tmp_path):
+    """Mount with extra command-line arguments: ``mount_with("--ring-buffer-size=1KB")``."""
+    require_fuse()
+    mounts: list[Mount] = []
+
+    def start(*args: str, name: str = "mnt") -> Mount:
+        path = tmp_path / name
+        path.mkdir()
+        mount = Mount(path, tmp_path / f"{name}.log", list(args))
+        mounts.append(mount)
+        return mount
+
+    yield start
+    for mount in reversed(mounts):
+        mount.close()
+
+
+@pytest.fixture
+def mnt(mount_with) -> Mount:
+    """A mount with the default settings."""
+    return mount_with()
