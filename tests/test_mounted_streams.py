@@ -4,6 +4,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -125,7 +126,7 @@ def test_two_concurrent_writers_interleave_whole_chunks(mnt):
         "for i in range({count}):\n"
         "    os.write(fd, (sys.argv[2] * {size})[:{size}-8].encode() + b'%08d' % i)\n"
     ).format(count=count, size=chunk_size)
-    writers = [mnt.spawn(["python3", "-c", script, str(path), tag]) for tag in "AB"]
+    writers = [mnt.spawn([sys.executable, "-c", script, str(path), tag]) for tag in "AB"]
     for writer in writers:
         writer.communicate(timeout=30)
         assert writer.returncode == 0
@@ -362,7 +363,7 @@ def test_many_blocked_readers_do_not_starve_the_mount(mnt):
         "for t in threads: t.join()\n"
         "print(len(got), len(set(got)), got[0].decode())\n"
     )
-    crowd = mnt.spawn(["python3", "-c", script, str(path), str(count)], text=True)
+    crowd = mnt.spawn([sys.executable, "-c", script, str(path), str(count)], text=True)
     assert crowd.stdout.readline() == "started\n"
     wait_for_readers(path, count)
     time.sleep(0.5)  # let every thread park its read in the daemon
