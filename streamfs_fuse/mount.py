@@ -133,7 +133,12 @@ async def _serve(fs: StreamFS, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, fs)
         nursery.start_soon(_watch_unmount, fs, mountpoint)
-        await pyfuse3.main(max_tasks=MAX_WORKERS)
+        try:
+            await pyfuse3.main(max_tasks=MAX_WORKERS)
+        except* ConnectionAbortedError:
+            # /dev/fuse says ECONNABORTED once a lazy unmount lets the
+            # connection go: the session is over, which is what we wanted.
+            pass
         nursery.cancel_scope.cancel()
 
 
