@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from .interrupts import SignalWatch
 from .reader import Reader, ReaderDisconnected
 from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
 
@@ -88,6 +89,8 @@ class Handle:
     reader: Reader | None
     writable: bool
     nonblocking: bool
+    #: The process that opened the handle, whose signals can end a blocked read.
+    pid: int
 
 
 class StreamFS(pyfuse3.Operations):
@@ -110,6 +113,7 @@ class StreamFS(pyfuse3.Operations):
         self._inodes = itertools.count(pyfuse3.ROOT_INODE + 1)
         self._handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
+        self.signals = SignalWatch()
         self.closed = False
 
     # -- helpers ---------------------------------------------------------
@@ -407,15 +411,23 @@ class StreamFS(pyfuse3.Operations):
             node.stream.writers += 1
         node.open_count += 1
         fh = next(self._fhs)
-        self._handles[fh] = Handle(node, reader, writable, bool(flags & os.O_NONBLOCK))
+        self._handles[fh] = Handle(node, reader, writable, bool(flags & os.O_NONBLOCK), ctx.pid)
         if reader is not None:
+            self.signals.opened(ctx.pid)
             log.debug("stream %r: reader %d opened by pid %d", node.stream.name, reader.id, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True, keep_cache=False)
 
     async def read(self, fh, off, size):
         handle = self._handles[fh]
+        reader = handle.reader
         try:
-            return await handle.reader.read(size, nonblocking=handle.nonblocking)
+            if handle.nonblocking or reader.pending or reader.ended:
+                return await reader.read(size, nonblocking=handle.nonblocking)
+            # This read will wait: let a signal to the reader's process end it.
+            with self.signals.waiting(handle.pid) as scope:
+                return await reader.read(size)
+            # The scope was cancelled: the process has a signal to take.
+            raise pyfuse3.FUSEError(errno.EINTR)
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
         except ReaderDisconnected:
@@ -441,6 +453,7 @@ class StreamFS(pyfuse3.Operations):
         node = handle.node
         if handle.reader is not None:
             node.stream.release_reader(handle.reader)
+            self.signals.released(handle.pid)
         if handle.writable:
             node.stream.writers -= 1
         node.open_count -= 1

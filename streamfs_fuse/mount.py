@@ -12,6 +12,7 @@ import errno
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import stat
 import sys
@@ -50,6 +51,7 @@ def mount(config: MountConfig) -> int:
     mountpoint = os.path.realpath(config.mountpoint)
     check_mountpoint(mountpoint)
     check_fuse_device()
+    raise_file_limit()
     fs = StreamFS(config.settings)
     options = fuse_options(config)
     if config.foreground:
@@ -66,6 +68,13 @@ def fuse_options(config: MountConfig) -> set[str]:
     if config.debug:
         options.add("debug")
     return options
+
+
+def raise_file_limit() -> None:
+    """Allow as many open files as the hard limit: one per process with readers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_mountpoint(path: str) -> None:
@@ -133,6 +142,7 @@ async def _serve(fs: StreamFS, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, fs)
         nursery.start_soon(_watch_unmount, fs, mountpoint)
+        nursery.start_soon(fs.signals.run)
         try:
             await pyfuse3.main(max_tasks=MAX_WORKERS)
         except* ConnectionAbortedError:
