@@ -25,7 +25,7 @@ data; rm ends the stream and every reader gets EOF.
 
 EPILOG = """\
 sizes take bytes or units KB, MB, GB (1024-based; KiB, MiB, GiB too): 512KB, 1.5MB, 524288.
--o options: channel_buffer_size=, ring_buffer_size=, slow_reader=, allow_other,
+-o options: channel_buffer_size=, ring_buffer_size=, slow_reader=, max_memory=, allow_other,
 default_permissions, fsname=, subtype= and the usual mount(8) flags.
 precedence: flags > -o > --config file > defaults.
 """
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slow-reader", metavar="POLICY", choices=["drop", "block", "disconnect"],
                         help="what happens to a reader whose buffer is full: drop (it misses "
                         "chunks; default), block (writers wait), disconnect (it is cut off)")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="cap on the data queued for all readers of the mount; over it, "
+                        "the readers furthest behind lose their oldest data first (default: none)")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('streamfs-fuse')}")
     return parser
@@ -77,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         flags["channel_buffer_size"] = parse_size(args.channel_buffer_size, "--channel-buffer-size")
     if args.ring_buffer_size is not None:
         flags["ring_buffer_size"] = parse_size(args.ring_buffer_size, "--ring-buffer-size")
+    if args.max_memory is not None:
+        flags["max_memory"] = parse_size(args.max_memory, "--max-memory")
     if args.slow_reader is not None:
         flags["slow_reader"] = parse_policy(args.slow_reader, "--slow-reader")
     settings = replace(settings, **flags)

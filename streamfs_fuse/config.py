@@ -23,7 +23,7 @@ class ConfigError(Exception):
 
 
 #: The stream settings, as named in -o options and the TOML file.
-SETTING_KEYS = ("channel_buffer_size", "ring_buffer_size", "slow_reader")
+SETTING_KEYS = ("channel_buffer_size", "ring_buffer_size", "slow_reader", "max_memory")
 
 #: -o options handed to FUSE as they are.
 FUSE_FLAGS = frozenset({

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from .budget import MemoryBudget
 from .interrupts import SignalWatch
 from .reader import Reader, ReaderDisconnected
 from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
@@ -114,6 +115,7 @@ class StreamFS(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
         self.signals = SignalWatch()
+        self.budget = MemoryBudget(settings.max_memory)
         self.closed = False
 
     # -- helpers ---------------------------------------------------------
@@ -186,7 +188,7 @@ class StreamFS(pyfuse3.Operations):
             inode=next(self._inodes), mode=stat.S_IFREG | (mode & 0o7777),
             uid=ctx.uid, gid=ctx.gid, parent=parent, name=name,
         )
-        node.stream = Stream(self._path(node), self.settings)
+        node.stream = Stream(self._path(node), self.settings, self.budget)
         if self.closed:
             node.stream.close()
         self._add(parent, name, node)

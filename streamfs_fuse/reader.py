@@ -5,8 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
+
+from .budget import MemoryBudget
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 __all__ = ["Reader", "ReaderStatistics", "ReaderDisconnected"]
 
@@ -44,10 +50,13 @@ class Reader:
     off the channel only when it is about to be returned.
     """
 
-    def __init__(self, stream_name: str, reader_id: int, capacity: int) -> None:
-        self.stream_name = stream_name
+    def __init__(self, stream: Stream, reader_id: int, capacity: int,
+                 budget: MemoryBudget) -> None:
+        self.stream = stream
         self.id = reader_id
         self.capacity = capacity
+        self.budget = budget
+        budget.readers.add(self)
         self.pending = 0
         self.delivered_bytes = 0
         self.dropped_chunks = 0
@@ -76,10 +85,10 @@ class Reader:
     def push(self, chunk: bytes) -> None:
         self._send.send_nowait(chunk)
         self.pending += len(chunk)
+        self.budget.add(len(chunk))
 
-    def drop(self, chunk: bytes) -> None:
-        """Count a chunk this reader misses, and warn now and then."""
-        size = len(chunk)
+    def drop(self, size: int) -> None:
+        """Count a chunk of ``size`` bytes this reader misses, and warn now and then."""
         self.dropped_chunks += 1
         self.dropped_bytes += size
         self._unlogged_chunks += 1
@@ -89,7 +98,7 @@ class Reader:
             log.warning(
                 "stream %r: reader %d is too slow and missed %d chunks (%d bytes);"
                 " %d chunks (%d bytes) missed in all",
-                self.stream_name, self.id, self._unlogged_chunks, self._unlogged_bytes,
+                self.stream.name, self.id, self._unlogged_chunks, self._unlogged_bytes,
                 self.dropped_chunks, self.dropped_bytes,
             )
             self._unlogged_chunks = self._unlogged_bytes = 0
@@ -108,10 +117,24 @@ class Reader:
         self.disconnected = True
         log.warning(
             "stream %r: reader %d disconnected: %d bytes queued exceed its buffer of %d bytes",
-            self.stream_name, self.id, self.pending, self.capacity,
+            self.stream.name, self.id, self.pending, self.capacity,
         )
         self.end()
         self._discard_queue()
+
+    def drop_oldest(self) -> int:
+        """Discard the oldest queued data (one chunk, or what is left of it); return its size."""
+        if self._current is not None:
+            size = len(self._current) - self._offset
+            self._current = None
+        else:
+            try:
+                size = len(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return 0
+        self._forget(size)
+        self.drop(size)
+        return size
 
     async def wait_room(self, size: int) -> None:
         """Wait until a chunk of ``size`` bytes fits or the reader has gone away."""
@@ -188,8 +211,13 @@ class Reader:
         return piece
 
     def _consumed(self, size: int) -> None:
-        self.pending -= size
         self.delivered_bytes += size
+        self._forget(size)
+
+    def _forget(self, size: int) -> None:
+        """``size`` queued bytes are gone: read, dropped or discarded."""
+        self.pending -= size
+        self.budget.remove(size)
         if self._room:
             self._room.unpark_all()
 
@@ -201,7 +229,7 @@ class Reader:
     def _check_connected(self) -> None:
         if self.disconnected:
             raise ReaderDisconnected(
-                f"reader {self.id} of stream {self.stream_name!r} was disconnected"
+                f"reader {self.id} of stream {self.stream.name!r} was disconnected"
             )
 
     def _discard_queue(self) -> None:
@@ -211,13 +239,14 @@ class Reader:
                 self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        self.pending = 0
+        self._forget(self.pending)
 
     def close(self) -> None:
         """The handle was released: forget everything queued."""
         self.end()
         self._discard_queue()
         self._receive.close()
+        self.budget.readers.discard(self)
 
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(

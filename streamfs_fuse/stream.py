@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from .budget import MemoryBudget
 from .reader import Reader
 from .ring import RingBuffer
 
@@ -31,9 +32,12 @@ class SlowReaderPolicy(enum.Enum):
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """How a mount's streams behave; ``max_memory`` is one cap shared by all."""
+
     channel_buffer_size: int = 6 * 1024 * 1024
     ring_buffer_size: int = 6 * 1024 * 1024
     slow_reader: SlowReaderPolicy = SlowReaderPolicy.DROP
+    max_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,11 @@ class Stream:
     repeated or reordered between history and live data.
     """
 
-    def __init__(self, name: str, settings: StreamSettings) -> None:
+    def __init__(self, name: str, settings: StreamSettings,
+                 budget: MemoryBudget | None = None) -> None:
         self.name = name
         self.settings = settings
+        self.budget = budget or MemoryBudget()
         self.ring = RingBuffer(settings.ring_buffer_size)
         self.readers: list[Reader] = []
         self.writers = 0
@@ -92,7 +98,8 @@ class Stream:
 
     def open_reader(self) -> Reader:
         """Register a reader, seeded with as much history as its buffer holds."""
-        reader = Reader(self.name, next(self._reader_ids), self.settings.channel_buffer_size)
+        reader = Reader(self, next(self._reader_ids), self.settings.channel_buffer_size,
+                        self.budget)
         for chunk in self.ring.newest(reader.capacity):
             reader.push(chunk)
         if self.closed:
@@ -127,9 +134,12 @@ class Stream:
             if self.closed:
                 raise StreamClosed(self.name)
             slow = next((r for r in self.readers if not r.has_room(size)), None)
-            if slow is None:
+            if slow is not None:
+                await slow.wait_room(size)
+            elif not self.budget.has_room(size * len(self.readers)):
+                await self.budget.wait_room(size * len(self.readers))
+            else:
                 return
-            await slow.wait_room(size)
 
     def _deliver(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -144,11 +154,25 @@ class Stream:
             elif self.policy is SlowReaderPolicy.DISCONNECT:
                 cut_off.append(reader)
             else:
-                reader.drop(chunk)
+                reader.drop(size)
                 self.dropped_chunks += 1
                 self.dropped_bytes += size
         for reader in cut_off:
-            reader.disconnect()
+            self._disconnect(reader)
+        if self.budget.over():
+            self.budget.shed()
+
+    def shed(self, reader: Reader) -> None:
+        """The mount's memory cap is exceeded and ``reader`` is furthest behind."""
+        if self.policy is SlowReaderPolicy.DISCONNECT:
+            self._disconnect(reader)
+        else:
+            self.dropped_bytes += reader.drop_oldest()
+            self.dropped_chunks += 1
+
+    def _disconnect(self, reader: Reader) -> None:
+        reader.disconnect()
+        if reader in self.readers:
             self.readers.remove(reader)
             self.disconnected_readers += 1
 

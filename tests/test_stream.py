@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from streamfs_fuse.budget import MemoryBudget
 from streamfs_fuse.reader import ReaderDisconnected
 from streamfs_fuse.stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
 
@@ -280,3 +281,54 @@ async def test_a_thousand_readers_each_get_every_chunk():
         stream.close()
     assert len(received) == 1000
     assert set(received.values()) == {b"".join(chunks)}
+
+
+def streams_with_budget(limit, count, policy=SlowReaderPolicy.DROP):
+    budget = MemoryBudget(limit)
+    settings = StreamSettings(1 << 20, 1 << 20, policy)
+    return budget, [Stream(f"/s{i}", settings, budget) for i in range(count)]
+
+
+async def test_memory_cap_sheds_the_oldest_data_of_the_reader_furthest_behind():
+    budget, (a, b) = streams_with_budget(100, 2)
+    behind, ahead, other = a.open_reader(), a.open_reader(), b.open_reader()
+    for i in range(4):
+        await a.write(b"%d" % i * 20)
+        await ahead.read(100)
+    await b.write(b"x" * 30)
+    # 80 bytes behind + 30 for the other stream's reader: over the cap of 100.
+    assert budget.used <= 100
+    assert (behind.dropped_bytes, ahead.dropped_bytes, other.dropped_bytes) == (20, 0, 0)
+    a.close()
+    assert await read_all(behind) == b"1" * 20 + b"2" * 20 + b"3" * 20
+    assert a.dropped_chunks == 1 and a.dropped_bytes == 20
+
+
+async def test_memory_cap_disconnects_under_the_disconnect_policy():
+    budget, (stream,) = streams_with_budget(50, 1, SlowReaderPolicy.DISCONNECT)
+    slow, fast = stream.open_reader(), stream.open_reader()
+    for _ in range(3):
+        await stream.write(b"y" * 20)
+        await fast.read(100)
+    assert slow.disconnected and not fast.disconnected and budget.used == 0
+
+
+async def test_memory_cap_makes_block_writers_wait():
+    budget, (stream,) = streams_with_budget(50, 1, SlowReaderPolicy.BLOCK)
+    reader = stream.open_reader()
+    await stream.write(b"z" * 40)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.write, b"w" * 20)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.bytes_written == 40
+        assert await reader.read(100) == b"z" * 40
+    assert await reader.read(100) == b"w" * 20 and budget.used == 0
+
+
+async def test_budget_counts_released_and_discarded_data():
+    budget, (stream,) = streams_with_budget(None, 1)
+    reader = stream.open_reader()
+    await stream.write(b"abc")
+    assert budget.used == 3
+    stream.release_reader(reader)
+    assert budget.used == 0 and not budget.readers
