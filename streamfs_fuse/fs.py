@@ -474,6 +474,7 @@ class StreamFS(pyfuse3.Operations):
             "chunks_written": stats.chunks_written,
             "ring_bytes": stats.ring_bytes,
             "ring_chunks": stats.ring_chunks,
+            "queued_bytes": stats.queued_bytes,
             "dropped_chunks": stats.dropped_chunks,
             "dropped_bytes": stats.dropped_bytes,
             "disconnected_readers": stats.disconnected_readers,

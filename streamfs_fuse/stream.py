@@ -48,6 +48,7 @@ class StreamStatistics:
     chunks_written: int
     ring_bytes: int
     ring_chunks: int
+    queued_bytes: int
     dropped_chunks: int
     dropped_bytes: int
     disconnected_readers: int
@@ -194,6 +195,7 @@ class Stream:
             chunks_written=self.chunks_written,
             ring_bytes=self.ring.nbytes,
             ring_chunks=len(self.ring),
+            queued_bytes=sum(reader.pending for reader in self.readers),
             dropped_chunks=self.dropped_chunks,
             dropped_bytes=self.dropped_bytes,
             disconnected_readers=self.disconnected_readers,

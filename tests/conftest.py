@@ -106,8 +106,8 @@ def mount_with(tmp_path):
     require_fuse()
     mounts: list[Mount] = []
 
-    def start(*args: str, name: str = "mnt") -> Mount:
-        path = tmp_path / name
+    def start(*args: str, name: str = "mnt", parent: Path | None = None) -> Mount:
+        path = (parent or tmp_path) / name
         path.mkdir()
         mount = Mount(path, tmp_path / f"{name}.log", list(args))
         mounts.append(mount)
