@@ -215,8 +215,9 @@ class StreamFS(pyfuse3.Operations):
             if isinstance(node, StreamFile):
                 node.stream.close()
 
-    def open_readers(self) -> list[Reader]:
-        return [h.reader for h in self._handles.values() if h.reader is not None]
+    @property
+    def open_handles(self) -> int:
+        return len(self._handles)
 
     # -- names -----------------------------------------------------------
 
@@ -445,7 +446,9 @@ class StreamFS(pyfuse3.Operations):
         return written
 
     async def flush(self, fh):
-        pass
+        # Nothing is buffered. ENOSYS tells the kernel to stop sending flushes,
+        # so close() never waits for the daemon (nor fails while it shuts down).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def fsync(self, fh, datasync):
         pass

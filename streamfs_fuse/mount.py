@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 #: mount hangs. Tasks are cheap, so allow far more than the readers we support.
 MAX_WORKERS = 100_000
 
-#: On shutdown, how long readers get to drain their queues before the unmount.
+#: On shutdown, how long readers get to drain their queues and close their
+#: files before the unmount.
 DRAIN_GRACE = 2.0
 
 #: How often to look whether someone unmounted us lazily (fusermount3 -u -z),
@@ -158,10 +159,10 @@ async def _stop_on_signal(fs: StreamFS) -> None:
             log.info("%s: ending all streams and unmounting", signal.Signals(signum).name)
             break
     fs.close_all_streams()
-    # Readers now drain their queues and get EOF; give them a moment to do so
-    # before the kernel connection goes away.
+    # Readers now drain their queues and get EOF, writers get EPIPE; give them
+    # a moment to finish and close their files before the connection goes away.
     with trio.move_on_after(DRAIN_GRACE):
-        while not all(reader.at_eof for reader in fs.open_readers()):
+        while fs.open_handles:
             await trio.sleep(0.05)
     pyfuse3.terminate()
 

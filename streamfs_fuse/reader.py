@@ -70,8 +70,6 @@ class Reader:
         # Writers waiting for this reader to make room (the ``block`` policy).
         self._room = trio.lowlevel.ParkingLot()
         self.ended = False
-        #: read() has returned EOF (or failed after a disconnect).
-        self.at_eof = False
         self._unlogged_chunks = 0
         self._unlogged_bytes = 0
         self._last_drop_log = -math.inf
@@ -222,7 +220,6 @@ class Reader:
             self._room.unpark_all()
 
     def _eof(self) -> bytes:
-        self.at_eof = True
         self._check_connected()
         return b""
 
