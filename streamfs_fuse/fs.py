@@ -18,7 +18,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -31,6 +33,8 @@ from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What read() fails with after the ``disconnect`` policy cut a reader off:
 #: "No buffer space available" says what happened.
@@ -415,8 +419,8 @@ class StreamFS(pyfuse3.Operations):
         node.open_count += 1
         fh = next(self._fhs)
         self._handles[fh] = Handle(node, reader, writable, bool(flags & os.O_NONBLOCK), ctx.pid)
+        self.signals.opened(ctx.pid)
         if reader is not None:
-            self.signals.opened(ctx.pid)
             log.debug("stream %r: reader %d opened by pid %d", node.stream.name, reader.id, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True, keep_cache=False)
 
@@ -426,24 +430,30 @@ class StreamFS(pyfuse3.Operations):
         try:
             if handle.nonblocking or reader.pending or reader.ended:
                 return await reader.read(size, nonblocking=handle.nonblocking)
-            # This read will wait: let a signal to the reader's process end it.
-            with self.signals.waiting(handle.pid) as scope:
-                return await reader.read(size)
-            # The scope was cancelled: the process has a signal to take.
-            raise pyfuse3.FUSEError(errno.EINTR)
+            return await self._interruptible(handle.pid, reader.read(size))
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
         except ReaderDisconnected:
             raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
 
     async def write(self, fh, off, buf):
-        node = self._handles[fh].node
+        handle = self._handles[fh]
+        stream = handle.node.stream
         try:
-            written = await node.stream.write(buf)
+            if stream.policy is SlowReaderPolicy.BLOCK:
+                written = await self._interruptible(handle.pid, stream.write(buf))
+            else:
+                written = await stream.write(buf)
         except StreamClosed:
             raise pyfuse3.FUSEError(errno.EPIPE) from None
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+        handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
+
+    async def _interruptible(self, pid: int, operation: Awaitable[T]) -> T:
+        """Await an operation that may wait long; a signal to ``pid`` ends it with EINTR."""
+        with self.signals.waiting(pid):
+            return await operation
+        raise pyfuse3.FUSEError(errno.EINTR)
 
     async def flush(self, fh):
         # Nothing is buffered. ENOSYS tells the kernel to stop sending flushes,
@@ -458,7 +468,7 @@ class StreamFS(pyfuse3.Operations):
         node = handle.node
         if handle.reader is not None:
             node.stream.release_reader(handle.reader)
-            self.signals.released(handle.pid)
+        self.signals.released(handle.pid)
         if handle.writable:
             node.stream.writers -= 1
         node.open_count -= 1

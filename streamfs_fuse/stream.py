@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import time
 from dataclasses import dataclass, replace
 
 import trio
@@ -84,8 +83,6 @@ class Stream:
         self.dropped_bytes = 0
         self.disconnected_readers = 0
         self.closed = False
-        #: Wall-clock time of the last write, for mtime.
-        self.last_write = time.time()
         self._reader_ids = itertools.count(1)
         # Under the block policy, writers queue here so chunks keep arrival order.
         self._write_lock = trio.Lock()
@@ -147,7 +144,6 @@ class Stream:
         self.ring.append(chunk)
         self.bytes_written += size
         self.chunks_written += 1
-        self.last_write = time.time()
         cut_off = []
         for reader in self.readers:
             if reader.has_room(size):

@@ -117,3 +117,19 @@ def test_interrupted_read_loses_no_data(mnt):
         assert os.read(fd, 10) == b"after"
     finally:
         os.close(fd)
+
+
+def test_sigint_stops_a_writer_blocked_by_a_full_reader(mount_with):
+    mnt = mount_with("--slow-reader=block", "--channel-buffer-size=64KB")
+    path = mnt / "full"
+    reader = os.open(path, os.O_RDONLY | os.O_CREAT)
+    try:
+        writer = mnt.spawn(["dd", "if=/dev/zero", f"of={path}", "bs=16K"])
+        wait_until(lambda: xattr(path, "queued_bytes") == 64 * 1024, what="a full reader")
+        time.sleep(0.3)
+        assert writer.poll() is None
+        writer.send_signal(signal.SIGINT)
+        assert writer.wait(timeout=3) != 0
+        assert os.read(reader, 1 << 20) == bytes(64 * 1024)
+    finally:
+        os.close(reader)
