@@ -18,10 +18,6 @@ __all__ = ["Reader", "ReaderStatistics", "ReaderDisconnected"]
 
 log = logging.getLogger(__name__)
 
-#: Drop warnings for one reader are logged at most this often, with the
-#: counts since the last warning, so a stalled reader cannot flood the log.
-DROP_LOG_INTERVAL = 5.0
-
 
 class ReaderDisconnected(Exception):
     """The reader fell further behind than its buffer allows and was cut off."""
@@ -70,9 +66,6 @@ class Reader:
         # Writers waiting for this reader to make room (the ``block`` policy).
         self._room = trio.lowlevel.ParkingLot()
         self.ended = False
-        self._unlogged_chunks = 0
-        self._unlogged_bytes = 0
-        self._last_drop_log = -math.inf
 
     # -- the stream's side ------------------------------------------------
 
@@ -85,22 +78,9 @@ class Reader:
         self.pending += len(chunk)
         self.budget.add(len(chunk))
 
-    def drop(self, size: int) -> None:
-        """Count a chunk of ``size`` bytes this reader misses, and warn now and then."""
+    def count_drop(self, size: int) -> None:
         self.dropped_chunks += 1
         self.dropped_bytes += size
-        self._unlogged_chunks += 1
-        self._unlogged_bytes += size
-        now = trio.current_time()
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-            log.warning(
-                "stream %r: reader %d is too slow and missed %d chunks (%d bytes);"
-                " %d chunks (%d bytes) missed in all",
-                self.stream.name, self.id, self._unlogged_chunks, self._unlogged_bytes,
-                self.dropped_chunks, self.dropped_bytes,
-            )
-            self._unlogged_chunks = self._unlogged_bytes = 0
-            self._last_drop_log = now
 
     def end(self) -> None:
         """No more chunks will come: read() drains the queue, then returns EOF."""
@@ -131,7 +111,6 @@ class Reader:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return 0
         self._forget(size)
-        self.drop(size)
         return size
 
     async def wait_room(self, size: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import logging
 from dataclasses import dataclass, replace
 
@@ -16,6 +17,12 @@ from .ring import RingBuffer
 __all__ = ["SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream", "StreamClosed"]
 
 log = logging.getLogger(__name__)
+
+#: Drop warnings for a stream are logged at most this often, with the counts
+#: since the last one, so slow readers cannot flood the log.
+DROP_LOG_INTERVAL = 5.0
+#: Readers named in one drop warning; the rest are counted.
+DROP_LOG_READERS = 5
 
 
 class SlowReaderPolicy(enum.Enum):
@@ -84,6 +91,9 @@ class Stream:
         self.disconnected_readers = 0
         self.closed = False
         self._reader_ids = itertools.count(1)
+        # Chunks missed per reader id since the last drop warning.
+        self._unlogged_drops: dict[int, int] = {}
+        self._last_drop_log = -math.inf
         # Under the block policy, writers queue here so chunks keep arrival order.
         self._write_lock = trio.Lock()
 
@@ -151,9 +161,7 @@ class Stream:
             elif self.policy is SlowReaderPolicy.DISCONNECT:
                 cut_off.append(reader)
             else:
-                reader.drop(size)
-                self.dropped_chunks += 1
-                self.dropped_bytes += size
+                self._count_drop(reader, size)
         for reader in cut_off:
             self._disconnect(reader)
         if self.budget.over():
@@ -164,8 +172,29 @@ class Stream:
         if self.policy is SlowReaderPolicy.DISCONNECT:
             self._disconnect(reader)
         else:
-            self.dropped_bytes += reader.drop_oldest()
-            self.dropped_chunks += 1
+            self._count_drop(reader, reader.drop_oldest())
+
+    def _count_drop(self, reader: Reader, size: int) -> None:
+        reader.count_drop(size)
+        self.dropped_chunks += 1
+        self.dropped_bytes += size
+        self._unlogged_drops[reader.id] = self._unlogged_drops.get(reader.id, 0) + 1
+        now = trio.current_time()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            self._log_drops()
+
+    def _log_drops(self) -> None:
+        drops = self._unlogged_drops
+        named = ", ".join(f"reader {rid} ({n})" for rid, n in
+                          itertools.islice(drops.items(), DROP_LOG_READERS))
+        more = len(drops) - DROP_LOG_READERS
+        log.warning(
+            "stream %r: %d slow reader(s) missed %d chunks: %s%s; %d chunks (%d bytes) missed"
+            " in all", self.name, len(drops), sum(drops.values()), named,
+            f" and {more} more" if more > 0 else "", self.dropped_chunks, self.dropped_bytes,
+        )
+        drops.clear()
 
     def _disconnect(self, reader: Reader) -> None:
         reader.disconnect()
