@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -14,23 +13,13 @@ from .budget import MemoryBudget
 if TYPE_CHECKING:
     from .stream import Stream
 
-__all__ = ["Reader", "ReaderStatistics", "ReaderDisconnected"]
+__all__ = ["Reader", "ReaderDisconnected"]
 
 log = logging.getLogger(__name__)
 
 
 class ReaderDisconnected(Exception):
     """The reader fell further behind than its buffer allows and was cut off."""
-
-
-@dataclass(frozen=True)
-class ReaderStatistics:
-    pending_bytes: int
-    pending_chunks: int
-    delivered_bytes: int
-    dropped_chunks: int
-    dropped_bytes: int
-    disconnected: bool
 
 
 class Reader:
@@ -54,7 +43,6 @@ class Reader:
         self.budget = budget
         budget.readers.add(self)
         self.pending = 0
-        self.delivered_bytes = 0
         self.dropped_chunks = 0
         self.dropped_bytes = 0
         self.disconnected = False
@@ -131,65 +119,51 @@ class Reader:
         """
         if self._current is None:
             try:
-                chunk = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                if nonblocking:
-                    raise
                 try:
-                    chunk = await self._receive.receive()
-                except trio.EndOfChannel:
-                    return self._eof()
+                    first = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    if nonblocking:
+                        raise
+                    first = await self._receive.receive()
             except trio.EndOfChannel:
-                return self._eof()
-            if len(chunk) <= size:
-                more = self._take_more(size - len(chunk))
-                if not more:
-                    self._consumed(len(chunk))
-                    return chunk
-                more.insert(0, chunk)
-                data = b"".join(more)
-                self._consumed(len(data))
+                self._check_connected()
+                return b""
+            if len(first) <= size:
+                data = self._join_queued(first, size)
+                self._forget(len(data))
                 return data
-            self._current = memoryview(chunk)
+            self._current = memoryview(first)
             self._offset = 0
-        return self._serve_current(size)
-
-    def _serve_current(self, size: int) -> memoryview:
-        start = self._offset
-        piece = self._current[start:start + size]
-        self._offset = start + len(piece)
-        if self._offset == len(self._current):
-            self._current = None
-        self._consumed(len(piece))
+        piece = self._take_current(size)
+        self._forget(len(piece))
         return piece
 
-    def _take_more(self, room: int) -> list[bytes]:
-        """Whole queued chunks that fit in ``room`` more bytes, without waiting."""
-        taken: list[bytes] = []
+    def _join_queued(self, first: bytes, size: int) -> bytes:
+        """``first`` and as much more as is queued, up to ``size`` bytes in all."""
+        pieces: list[bytes | memoryview] = [first]
+        room = size - len(first)
         while room > 0:
             try:
                 chunk = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            # A chunk that does not fit whole becomes the one served next.
             if len(chunk) > room:
                 self._current = memoryview(chunk)
                 self._offset = 0
-                if room:
-                    taken.append(self._serve_part(room))
+                pieces.append(self._take_current(room))
                 break
-            taken.append(chunk)
+            pieces.append(chunk)
             room -= len(chunk)
-        return taken
+        return first if len(pieces) == 1 else b"".join(pieces)
 
-    def _serve_part(self, size: int) -> memoryview:
-        piece = self._current[:size]
-        self._offset = size
+    def _take_current(self, size: int) -> memoryview:
+        """The next ``size`` bytes of the chunk being served, without copying."""
+        start = self._offset
+        piece = self._current[start:start + size]
+        self._offset = start + len(piece)
+        if self._offset == len(self._current):
+            self._current = None
         return piece
-
-    def _consumed(self, size: int) -> None:
-        self.delivered_bytes += size
-        self._forget(size)
 
     def _forget(self, size: int) -> None:
         """``size`` queued bytes are gone: read, dropped or discarded."""
@@ -197,10 +171,6 @@ class Reader:
         self.budget.remove(size)
         if self._room:
             self._room.unpark_all()
-
-    def _eof(self) -> bytes:
-        self._check_connected()
-        return b""
 
     def _check_connected(self) -> None:
         if self.disconnected:
@@ -223,14 +193,3 @@ class Reader:
         self._discard_queue()
         self._receive.close()
         self.budget.readers.discard(self)
-
-    def statistics(self) -> ReaderStatistics:
-        return ReaderStatistics(
-            pending_bytes=self.pending,
-            pending_chunks=self._receive.statistics().current_buffer_used
-            + (self._current is not None),
-            delivered_bytes=self.delivered_bytes,
-            dropped_chunks=self.dropped_chunks,
-            dropped_bytes=self.dropped_bytes,
-            disconnected=self.disconnected,
-        )
