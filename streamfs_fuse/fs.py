@@ -35,6 +35,7 @@ __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+N = TypeVar("N", bound="Node")
 
 #: What read() fails with after the ``disconnect`` policy cut a reader off:
 #: "No buffer space available" says what happened.
@@ -178,26 +179,27 @@ class StreamFS(pyfuse3.Operations):
             node = node.parent
         return "/" + os.fsdecode(b"/".join(reversed(parts)))
 
-    def _add(self, parent: Directory, name: bytes, node: Node) -> None:
-        parent.entries[name] = node
-        self.nodes[node.inode] = node
-        parent.mtime_ns = parent.ctime_ns = time.time_ns()
-
-    def _new_stream(self, parent: Directory, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> StreamFile:
+    def _create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
+                ctx: pyfuse3.RequestContext) -> N:
+        """A new directory or stream named ``name`` in ``parent``, owned by the caller."""
         self._check_name(name)
         if name in parent.entries:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        node = StreamFile(
-            inode=next(self._inodes), mode=stat.S_IFREG | (mode & 0o7777),
-            uid=ctx.uid, gid=ctx.gid, parent=parent, name=name,
-        )
-        node.stream = Stream(self._path(node), self.settings, self.budget)
-        if self.closed:
-            node.stream.close()
-        self._add(parent, name, node)
-        log.info("stream %r created", node.stream.name)
+        file_type = stat.S_IFDIR if kind is Directory else stat.S_IFREG
+        node = kind(inode=next(self._inodes), mode=file_type | stat.S_IMODE(mode),
+                    uid=ctx.uid, gid=ctx.gid, parent=parent, name=name)
+        if isinstance(node, StreamFile):
+            node.stream = Stream(self._path(node), self.settings, self.budget)
+            if self.closed:
+                node.stream.close()
+            log.info("stream %r created", node.stream.name)
+        self._link(parent, name, node)
         return node
+
+    def _link(self, parent: Directory, name: bytes, node: Node) -> None:
+        parent.entries[name] = node
+        self.nodes[node.inode] = node
+        parent.mtime_ns = parent.ctime_ns = time.time_ns()
 
     def _unlink_node(self, parent: Directory, name: bytes) -> None:
         node = parent.entries.pop(name)
@@ -273,20 +275,12 @@ class StreamFS(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        node = self._new_stream(self._directory(parent_inode), name, mode, ctx)
+        node = self._create(StreamFile, self._directory(parent_inode), name, mode, ctx)
         node.lookups += 1
         return self._attributes(node)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        parent = self._directory(parent_inode)
-        self._check_name(name)
-        if name in parent.entries:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        node = Directory(
-            inode=next(self._inodes), mode=stat.S_IFDIR | (mode & 0o7777),
-            uid=ctx.uid, gid=ctx.gid, parent=parent, name=name,
-        )
-        self._add(parent, name, node)
+        node = self._create(Directory, self._directory(parent_inode), name, mode, ctx)
         node.lookups += 1
         return self._attributes(node)
 
@@ -335,7 +329,7 @@ class StreamFS(pyfuse3.Operations):
             self._unlink_node(new_parent, name_new)
         del old_parent.entries[name_old]
         node.parent, node.name = new_parent, name_new
-        self._add(new_parent, name_new, node)
+        self._link(new_parent, name_new, node)
         old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = time.time_ns()
         self._rename_streams(node)
 
@@ -394,7 +388,7 @@ class StreamFS(pyfuse3.Operations):
         parent = self._directory(parent_inode)
         node = parent.entries.get(name)
         if node is None:
-            node = self._new_stream(parent, name, mode, ctx)
+            node = self._create(StreamFile, parent, name, mode, ctx)
         elif flags & os.O_EXCL:
             raise pyfuse3.FUSEError(errno.EEXIST)
         elif not isinstance(node, StreamFile):

@@ -32,6 +32,12 @@ def require_fuse() -> None:
         pytest.skip("/dev/fuse is missing: mount tests need the fuse kernel module")
 
 
+def xattr(path, name):
+    """A stream's figure from its user.streamfs.* extended attribute."""
+    value = os.getxattr(path, f"user.streamfs.{name}")
+    return value.decode() if name == "slow_reader" else int(value)
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():

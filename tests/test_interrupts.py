@@ -7,11 +7,9 @@ import subprocess
 import sys
 import time
 
-from conftest import wait_until
+from conftest import wait_until, xattr
 
 
-def xattr(path, name):
-    return int(os.getxattr(path, f"user.streamfs.{name}"))
 
 
 def blocked_cat(mnt, name="idle"):

@@ -7,12 +7,10 @@ import sys
 
 import pytest
 
-from conftest import wait_until
+from conftest import wait_until, xattr
 from streamfs_fuse.mount import is_mounted
 
 
-def xattr(path, name):
-    return int(os.getxattr(path, f"user.streamfs.{name}"))
 
 
 def start_idle_readers(mnt, count, name="idle"):

@@ -10,11 +10,9 @@ import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import wait_until, xattr
 
 
-def xattr(path, name):
-    return int(os.getxattr(path, f"user.streamfs.{name}"))
 
 
 def wait_for_readers(path, count):

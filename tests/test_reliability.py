@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import wait_until, xattr
 
 
-def xattr(path, name):
-    value = os.getxattr(path, f"user.streamfs.{name}")
-    return value.decode() if name == "slow_reader" else int(value)
 
 
 # -- slow-reader policies -------------------------------------------------
