@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -27,14 +26,13 @@ import trio
 
 from .budget import MemoryBudget
 from .interrupts import SignalWatch
-from .reader import Reader, ReaderDisconnected
+from .reader import Reader, ReaderDisconnected, ReadInterrupted
 from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
 
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 N = TypeVar("N", bound="Node")
 
 #: What read() fails with after the ``disconnect`` policy cut a reader off:
@@ -424,9 +422,17 @@ class StreamFS(pyfuse3.Operations):
         try:
             if handle.nonblocking or reader.pending or reader.ended:
                 return await reader.read(size, nonblocking=handle.nonblocking)
-            return await self._interruptible(handle.pid, reader.read(size))
+            # This read will wait: let a signal to the reader's process end it.
+            waiting = self.signals.waiting(handle.pid)
+            waiting.add(reader.interrupt)
+            try:
+                return await reader.read(size)
+            finally:
+                waiting.discard(reader.interrupt)
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
+        except ReadInterrupted:
+            raise pyfuse3.FUSEError(errno.EINTR) from None
         except ReaderDisconnected:
             raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
 
@@ -435,7 +441,7 @@ class StreamFS(pyfuse3.Operations):
         stream = handle.node.stream
         try:
             if stream.policy is SlowReaderPolicy.BLOCK:
-                written = await self._interruptible(handle.pid, stream.write(buf))
+                written = await self._write_interruptibly(handle.pid, stream, buf)
             else:
                 written = await stream.write(buf)
         except StreamClosed:
@@ -443,10 +449,15 @@ class StreamFS(pyfuse3.Operations):
         handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
 
-    async def _interruptible(self, pid: int, operation: Awaitable[T]) -> T:
-        """Await an operation that may wait long; a signal to ``pid`` ends it with EINTR."""
-        with self.signals.waiting(pid):
-            return await operation
+    async def _write_interruptibly(self, pid: int, stream: Stream, buf: bytes) -> int:
+        """A write that may wait for readers; a signal to the writer ends it with EINTR."""
+        waiting = self.signals.waiting(pid)
+        with trio.CancelScope() as scope:
+            waiting.add(scope.cancel)
+            try:
+                return await stream.write(buf)
+            finally:
+                waiting.discard(scope.cancel)
         raise pyfuse3.FUSEError(errno.EINTR)
 
     async def flush(self, fh):

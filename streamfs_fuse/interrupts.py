@@ -20,8 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import trio
 
@@ -55,7 +54,7 @@ class _Process:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.handles = 0
-        self.waiting: set[trio.CancelScope] = set()
+        self.waiting: set[Callable[[], None]] = set()
         self._status_fd: int | None = None
 
     def signalled(self) -> bool:
@@ -85,7 +84,7 @@ def _field(status: bytes, name: bytes) -> int:
 
 
 class SignalWatch:
-    """Cancels the blocked reads of processes that have a stopping signal pending."""
+    """Ends the blocked reads and writes of processes that have a stopping signal pending."""
 
     def __init__(self) -> None:
         self._processes: dict[int, _Process] = {}
@@ -104,16 +103,9 @@ class SignalWatch:
             process.close()
             del self._processes[pid]
 
-    @contextmanager
-    def waiting(self, pid: int) -> Iterator[trio.CancelScope]:
-        """Run a blocking read in a scope that is cancelled if ``pid`` is signalled."""
-        process = self._processes[pid]
-        with trio.CancelScope() as scope:
-            process.waiting.add(scope)
-            try:
-                yield scope
-            finally:
-                process.waiting.discard(scope)
+    def waiting(self, pid: int) -> set[Callable[[], None]]:
+        """What ends each blocked operation of ``pid``; add to it while blocked."""
+        return self._processes[pid].waiting
 
     def check(self) -> int:
         """Cancel the reads of signalled processes; return how many processes were checked."""
@@ -123,8 +115,8 @@ class SignalWatch:
                 checked += 1
                 if process.signalled():
                     log.debug("pid %d has a signal pending: interrupting its reads", process.pid)
-                    for scope in process.waiting:
-                        scope.cancel()
+                    for interrupt in list(process.waiting):
+                        interrupt()
         return checked
 
     async def run(self) -> None:

@@ -13,13 +13,17 @@ from .budget import MemoryBudget
 if TYPE_CHECKING:
     from .stream import Stream
 
-__all__ = ["Reader", "ReaderDisconnected"]
+__all__ = ["Reader", "ReaderDisconnected", "ReadInterrupted"]
 
 log = logging.getLogger(__name__)
 
 
 class ReaderDisconnected(Exception):
     """The reader fell further behind than its buffer allows and was cut off."""
+
+
+class ReadInterrupted(Exception):
+    """A waiting read was ended by :meth:`Reader.interrupt`; nothing was consumed."""
 
 
 class Reader:
@@ -31,8 +35,8 @@ class Reader:
     :attr:`capacity`. Closing the channel is how the stream says "no more":
     read() then returns what is still queued and after that ``b""`` (EOF).
 
-    read() may be cancelled at any point without losing data: a chunk is taken
-    off the channel only when it is about to be returned.
+    read() may be cancelled or interrupted at any point without losing data: a
+    chunk is taken off the channel only when it is about to be returned.
     """
 
     def __init__(self, stream: Stream, reader_id: int, capacity: int,
@@ -53,6 +57,11 @@ class Reader:
         self._offset = 0
         # Writers waiting for this reader to make room (the ``block`` policy).
         self._room = trio.lowlevel.ParkingLot()
+        # A read waiting for the next chunk. Waiting here rather than in the
+        # channel's receive() lets interrupt() end the wait without a cancel
+        # scope per read, which costs more than the rest of the read.
+        self._arrival = trio.lowlevel.ParkingLot()
+        self._interrupted = False
         self.ended = False
 
     # -- the stream's side ------------------------------------------------
@@ -65,6 +74,8 @@ class Reader:
         self._send.send_nowait(chunk)
         self.pending += len(chunk)
         self.budget.add(len(chunk))
+        if self._arrival:
+            self._arrival.unpark_all()
 
     def count_drop(self, size: int) -> None:
         self.dropped_chunks += 1
@@ -75,6 +86,12 @@ class Reader:
         self.ended = True
         self._send.close()
         self._room.unpark_all()
+        self._arrival.unpark_all()
+
+    def interrupt(self) -> None:
+        """End a waiting read with :class:`ReadInterrupted`."""
+        self._interrupted = True
+        self._arrival.unpark_all()
 
     def disconnect(self) -> None:
         """Cut the reader off: its queue is discarded and read() fails from now on."""
@@ -115,7 +132,8 @@ class Reader:
         chunks are joined into one reply; a chunk larger than ``size`` is
         served over several reads without copying its tail.
         Raises :class:`trio.WouldBlock` when ``nonblocking`` and nothing is
-        queued, and :class:`ReaderDisconnected` once the reader was cut off.
+        queued, :class:`ReadInterrupted` when :meth:`interrupt` ends the wait,
+        and :class:`ReaderDisconnected` once the reader was cut off.
         """
         if self._current is None:
             try:
@@ -124,7 +142,7 @@ class Reader:
                 except trio.WouldBlock:
                     if nonblocking:
                         raise
-                    first = await self._receive.receive()
+                    first = await self._wait_for_chunk()
             except trio.EndOfChannel:
                 self._check_connected()
                 return b""
@@ -137,6 +155,17 @@ class Reader:
         piece = self._take_current(size)
         self._forget(len(piece))
         return piece
+
+    async def _wait_for_chunk(self) -> bytes:
+        self._interrupted = False
+        while True:
+            await self._arrival.park()
+            if self._interrupted:
+                raise ReadInterrupted
+            try:
+                return self._receive.receive_nowait()
+            except trio.WouldBlock:
+                continue
 
     def _join_queued(self, first: bytes, size: int) -> bytes:
         """``first`` and as much more as is queued, up to ``size`` bytes in all."""

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from streamfs_fuse.budget import MemoryBudget
-from streamfs_fuse.reader import ReaderDisconnected
+from streamfs_fuse.reader import ReadInterrupted, ReaderDisconnected
 from streamfs_fuse.stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
 
 
@@ -332,3 +332,23 @@ async def test_budget_counts_released_and_discarded_data():
     assert budget.used == 3
     stream.release_reader(reader)
     assert budget.used == 0 and not budget.readers
+
+
+async def test_interrupt_ends_a_waiting_read_and_loses_nothing():
+    stream = make_stream()
+    reader = stream.open_reader()
+    outcome = []
+
+    async def read():
+        try:
+            await reader.read(10)
+        except ReadInterrupted:
+            outcome.append("interrupted")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        reader.interrupt()
+        await stream.write(b"queued meanwhile")
+    assert outcome == ["interrupted"]
+    assert await reader.read(100) == b"queued meanwhile"
