@@ -77,10 +77,6 @@ class Reader:
         if self._arrival:
             self._arrival.unpark_all()
 
-    def count_drop(self, size: int) -> None:
-        self.dropped_chunks += 1
-        self.dropped_bytes += size
-
     def end(self) -> None:
         """No more chunks will come: read() drains the queue, then returns EOF."""
         self.ended = True

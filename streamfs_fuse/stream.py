@@ -154,16 +154,20 @@ class Stream:
         self.ring.append(chunk)
         self.bytes_written += size
         self.chunks_written += 1
-        cut_off = []
+        full = []
         for reader in self.readers:
-            if reader.has_room(size):
+            # Reader.has_room, inlined: this loop runs per chunk per reader.
+            pending = reader.pending
+            if not pending or pending + size <= reader.capacity:
                 reader.push(chunk)
-            elif self.policy is SlowReaderPolicy.DISCONNECT:
-                cut_off.append(reader)
             else:
-                self._count_drop(reader, size)
-        for reader in cut_off:
-            self._disconnect(reader)
+                full.append(reader)
+        if full:
+            if self.policy is SlowReaderPolicy.DISCONNECT:
+                for reader in full:
+                    self._disconnect(reader)
+            else:
+                self._count_drops(full, size)
         if self.budget.over():
             self.budget.shed()
 
@@ -172,13 +176,16 @@ class Stream:
         if self.policy is SlowReaderPolicy.DISCONNECT:
             self._disconnect(reader)
         else:
-            self._count_drop(reader, reader.drop_oldest())
+            self._count_drops([reader], reader.drop_oldest())
 
-    def _count_drop(self, reader: Reader, size: int) -> None:
-        reader.count_drop(size)
-        self.dropped_chunks += 1
-        self.dropped_bytes += size
-        self._unlogged_drops[reader.id] = self._unlogged_drops.get(reader.id, 0) + 1
+    def _count_drops(self, readers: list[Reader], size: int) -> None:
+        unlogged = self._unlogged_drops
+        for reader in readers:
+            reader.dropped_chunks += 1
+            reader.dropped_bytes += size
+            unlogged[reader.id] = unlogged.get(reader.id, 0) + 1
+        self.dropped_chunks += len(readers)
+        self.dropped_bytes += size * len(readers)
         now = trio.current_time()
         if now - self._last_drop_log >= DROP_LOG_INTERVAL:
             self._last_drop_log = now

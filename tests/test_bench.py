@@ -1,0 +1,27 @@
+"""The benchmark harness runs end to end (quick sizes); it measures, tests do not time."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import require_fuse
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+
+
+def test_quick_benchmark_runs_every_workload(tmp_path):
+    require_fuse()
+    result = subprocess.run([sys.executable, BENCH, "--quick", "--repeats", "1", "--out", tmp_path],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads((tmp_path / "results.json").read_text())
+    expected = {"throughput_1 MiB", "throughput_1 MiB_pipe", "throughput_128 KiB",
+                "throughput_128 KiB_pipe", "fanout_4", "fanout_4_tee", "latency_pipe_1",
+                "latency_1", "memory_idle_readers", "flood_no_stalled", "flood_stalled",
+                "idle_cpu", "drop_policy"}
+    assert expected <= set(document["results"])
+    assert len(document["table"]) >= 9
+    left = [line for line in Path("/proc/mounts").read_text().splitlines()
+            if "streamfs-bench-" in line]
+    assert left == []
