@@ -7,7 +7,7 @@ inode table with the kernel's lookup counts, and one handle per open().
 Caveats:
 - Files are opened ``direct_io`` and ``nonseekable``: no page cache, the
   offset of reads and writes is ignored, lseek fails with ESPIPE.
-- Hard links, symlinks and device nodes are refused with EPERM.
+- Hard links, symlinks, FIFOs and device nodes are refused with EPERM.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ ATTR_TIMEOUT = 0.0
 ENTRY_TIMEOUT = 1.0
 
 XATTR_PREFIX = b"user.streamfs."
-#: Extended attributes that can be set, and how their value is parsed.
+#: The one extended attribute that can be set: a stream's slow-reader policy.
 SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
 
 
