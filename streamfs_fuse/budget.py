@@ -1,4 +1,4 @@
-"""A cap on the data queued for readers across a whole mount."""
+"""A cap on the memory a whole mount holds for its readers."""
 
 from __future__ import annotations
 
@@ -13,43 +13,50 @@ __all__ = ["MemoryBudget"]
 
 
 class MemoryBudget:
-    """Counts the bytes queued for all readers of a mount against ``limit``.
+    """Counts the memory held for readers beyond the rings, against ``limit``.
 
-    A chunk queued for ten readers counts ten times, so the count is an upper
-    bound on the memory the queues hold and the cap is conservative. When the
-    count goes over the cap, the readers furthest behind lose their oldest
-    queued data first (see :meth:`Stream.shed`). ``limit=None`` means no cap.
+    Invariant: ``used`` is the sum of the footprints of the chunks that some
+    reader still queues and no ring holds. A chunk counts once however many
+    readers hold it, and history that is still in its ring costs nothing more,
+    so readers that keep up cost next to nothing.
+
+    Over the limit, :meth:`shed` takes data from the readers furthest behind,
+    anywhere in the mount, but only from readers whose stream may lose data
+    (``drop`` and ``disconnect``): under ``block`` the writers wait instead
+    (see :meth:`Stream.write`). ``limit=None`` means no cap.
     """
 
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.readers: set[Reader] = set()
-        # Writers under the block policy waiting for the count to fall.
-        self._room = trio.lowlevel.ParkingLot()
+        # Writers under the block policy waiting for ``used`` to fall.
+        self.room = trio.lowlevel.ParkingLot()
 
-    def add(self, size: int) -> None:
-        self.used += size
+    def hold(self, footprint: int) -> None:
+        self.used += footprint
 
-    def remove(self, size: int) -> None:
-        self.used -= size
-        if self._room:
-            self._room.unpark_all()
+    def release(self, footprint: int) -> None:
+        self.used -= footprint
+        if self.room:
+            self.room.unpark_all()
 
     def over(self) -> bool:
         return self.limit is not None and self.used > self.limit
 
-    def has_room(self, size: int) -> bool:
-        return self.limit is None or self.used == 0 or self.used + size <= self.limit
-
-    async def wait_room(self, size: int) -> None:
-        while not self.has_room(size):
-            await self._room.park()
+    def has_room(self, footprint: int) -> bool:
+        return self.limit is None or self.used + footprint <= self.limit
 
     def shed(self) -> None:
-        """Take data from the readers furthest behind until the count fits the cap."""
+        """Take data from the sheddable readers furthest behind until ``used`` fits."""
+        spent: set[Reader] = set()
         while self.over():
-            victim = max(self.readers, key=lambda reader: reader.pending)
-            if not victim.pending:
+            victim = max(
+                (r for r in self.readers
+                 if r.pending and r not in spent and r.stream.sheddable(r)),
+                key=lambda reader: reader.pending, default=None,
+            )
+            if victim is None:
                 return
-            victim.stream.shed(victim)
+            if not victim.stream.shed(victim):
+                spent.add(victim)  # only a chunk it is part-way through is left

@@ -6,13 +6,12 @@ import argparse
 import importlib.metadata
 import logging
 import sys
+import textwrap
 from dataclasses import replace
 
-from .config import (
-    ConfigError, MountConfig, StreamSettings, apply_settings, load_config_file,
-    parse_mount_options, parse_policy, parse_size,
-)
+from .config import SETTINGS, ConfigError, MountConfig, load_config_file, parse_mount_options, show
 from .mount import MountError, mount
+from .stream import StreamSettings
 
 __all__ = ["main"]
 
@@ -23,10 +22,11 @@ opened, after the recent history kept in a ring buffer; readers wait for new
 data; rm ends the stream and every reader gets EOF.
 """
 
-EPILOG = """\
-sizes take bytes or units KB, MB, GB (1024-based; KiB, MiB, GiB too): 512KB, 1.5MB, 524288.
--o options: channel_buffer_size=, ring_buffer_size=, slow_reader=, max_memory=, allow_other,
-default_permissions, fsname=, subtype= and the usual mount(8) flags.
+EPILOG = f"""\
+sizes take whole bytes or units KB, MB, GB (1024-based; KiB, MiB, GiB too): 512KB, 1.5MB,
+524288; at most the machine's memory.
+{textwrap.fill("-o options: " + "".join(f"{s.name}=, " for s in SETTINGS) + "allow_other, "
+               "default_permissions, fsname=, subtype= and the usual mount(8) flags.", 92)}
 precedence: flags > -o > --config file > defaults.
 """
 
@@ -49,17 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mount options, as with mount(8)")
     parser.add_argument("--config", metavar="FILE",
                         help="TOML file with [plugins.streamfs.config] settings (AGFS layout)")
-    parser.add_argument("--channel-buffer-size", metavar="SIZE",
-                        help="bytes queued per reader before the slow-reader policy applies"
-                        " (default 6MB)")
-    parser.add_argument("--ring-buffer-size", metavar="SIZE",
-                        help="bytes of recent history replayed to new readers (default 6MB)")
-    parser.add_argument("--slow-reader", metavar="POLICY", choices=["drop", "block", "disconnect"],
-                        help="what happens to a reader whose buffer is full: drop (it misses "
-                        "chunks; default), block (writers wait), disconnect (it is cut off)")
-    parser.add_argument("--max-memory", metavar="SIZE",
-                        help="cap on the data queued for all readers of the mount; over it, "
-                        "the readers furthest behind lose their oldest data first (default: none)")
+    for s in SETTINGS:
+        parser.add_argument(s.flag, metavar=s.metavar, choices=s.choices,
+                            help=f"{s.help} (default: {show(s.default)})")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('streamfs-fuse')}")
     return parser
@@ -68,22 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MountConfig:
     settings = StreamSettings()
     if args.config:
-        settings = apply_settings(settings, load_config_file(args.config),
-                                  f"config file {args.config}:")
+        settings = replace(settings, **load_config_file(args.config))
     fuse_options: set[str] = set()
     for text in args.options:
         values, fuse = parse_mount_options(text)
-        settings = apply_settings(settings, values, "-o")
+        settings = replace(settings, **values)
         fuse_options |= fuse
-    flags = {}
-    if args.channel_buffer_size is not None:
-        flags["channel_buffer_size"] = parse_size(args.channel_buffer_size, "--channel-buffer-size")
-    if args.ring_buffer_size is not None:
-        flags["ring_buffer_size"] = parse_size(args.ring_buffer_size, "--ring-buffer-size")
-    if args.max_memory is not None:
-        flags["max_memory"] = parse_size(args.max_memory, "--max-memory")
-    if args.slow_reader is not None:
-        flags["slow_reader"] = parse_policy(args.slow_reader, "--slow-reader")
+    flags = {s.name: s.parse(value, s.flag)
+             for s in SETTINGS if (value := getattr(args, s.name)) is not None}
     settings = replace(settings, **flags)
     if args.source and not any(o.startswith("fsname=") for o in fuse_options):
         fuse_options.add(f"fsname={args.source}")

@@ -17,8 +17,9 @@ import itertools
 import logging
 import os
 import stat
+import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 import pyfuse3
@@ -26,8 +27,9 @@ import trio
 
 from .budget import MemoryBudget
 from .interrupts import SignalWatch
-from .reader import Reader, ReaderDisconnected, ReadInterrupted
-from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
+from .reader import Reader, ReaderDisconnected
+from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings, Writer
+from .wait import Interrupted, Waiter
 
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 
@@ -91,9 +93,11 @@ class Handle:
 
     node: StreamFile
     reader: Reader | None
-    writable: bool
+    writer: Writer | None
     nonblocking: bool
-    #: The process that opened the handle, whose signals can end a blocked read.
+    #: Where the handle's reads and writes wait; a signal to ``pid`` interrupts it.
+    waiter: Waiter
+    #: The process that opened the handle.
     pid: int
 
 
@@ -405,60 +409,41 @@ class StreamFS(pyfuse3.Operations):
         access = flags & os.O_ACCMODE
         readable = access in (os.O_RDONLY, os.O_RDWR)
         writable = access in (os.O_WRONLY, os.O_RDWR)
-        reader = node.stream.open_reader() if readable else None
-        if writable:
-            node.stream.writers += 1
+        stream = node.stream
+        waiter = Waiter()
+        # A handle's own read side must never hold back its own writes.
+        reader = stream.open_reader(waiter, lossy=writable) if readable else None
+        writer = stream.open_writer(waiter) if writable else None
         node.open_count += 1
         fh = next(self._fhs)
-        self._handles[fh] = Handle(node, reader, writable, bool(flags & os.O_NONBLOCK), ctx.pid)
-        self.signals.opened(ctx.pid)
+        self._handles[fh] = Handle(node, reader, writer, bool(flags & os.O_NONBLOCK), waiter,
+                                   ctx.pid)
+        self.signals.opened(ctx.pid, waiter)
         if reader is not None:
-            log.debug("stream %r: reader %d opened by pid %d", node.stream.name, reader.id, ctx.pid)
+            log.debug("stream %r: reader %d opened by pid %d", stream.name, reader.id, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True, keep_cache=False)
 
     async def read(self, fh, off, size):
         handle = self._handles[fh]
-        reader = handle.reader
         try:
-            if handle.nonblocking or reader.pending or reader.ended:
-                return await reader.read(size, nonblocking=handle.nonblocking)
-            # This read will wait: let a signal to the reader's process end it.
-            waiting = self.signals.waiting(handle.pid)
-            waiting.add(reader.interrupt)
-            try:
-                return await reader.read(size)
-            finally:
-                waiting.discard(reader.interrupt)
+            return await handle.reader.read(size, nonblocking=handle.nonblocking)
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
-        except ReadInterrupted:
+        except Interrupted:
             raise pyfuse3.FUSEError(errno.EINTR) from None
         except ReaderDisconnected:
             raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
 
     async def write(self, fh, off, buf):
         handle = self._handles[fh]
-        stream = handle.node.stream
         try:
-            if stream.policy is SlowReaderPolicy.BLOCK:
-                written = await self._write_interruptibly(handle.pid, stream, buf)
-            else:
-                written = await stream.write(buf)
+            written = await handle.writer.write(buf)
         except StreamClosed:
             raise pyfuse3.FUSEError(errno.EPIPE) from None
+        except Interrupted:
+            raise pyfuse3.FUSEError(errno.EINTR) from None
         handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
-
-    async def _write_interruptibly(self, pid: int, stream: Stream, buf: bytes) -> int:
-        """A write that may wait for readers; a signal to the writer ends it with EINTR."""
-        waiting = self.signals.waiting(pid)
-        with trio.CancelScope() as scope:
-            waiting.add(scope.cancel)
-            try:
-                return await stream.write(buf)
-            finally:
-                waiting.discard(scope.cancel)
-        raise pyfuse3.FUSEError(errno.EINTR)
 
     async def flush(self, fh):
         # Nothing is buffered. ENOSYS tells the kernel to stop sending flushes,
@@ -473,9 +458,9 @@ class StreamFS(pyfuse3.Operations):
         node = handle.node
         if handle.reader is not None:
             node.stream.release_reader(handle.reader)
-        self.signals.released(handle.pid)
-        if handle.writable:
-            node.stream.writers -= 1
+        if handle.writer is not None:
+            handle.writer.close()
+        self.signals.released(handle.pid, handle.waiter)
         node.open_count -= 1
         self._maybe_free(node)
 
@@ -484,23 +469,11 @@ class StreamFS(pyfuse3.Operations):
     def _stream_xattrs(self, node: Node) -> dict[bytes, bytes]:
         if not isinstance(node, StreamFile):
             return {}
-        stats = node.stream.statistics()
-        values = {
-            "readers": stats.readers,
-            "writers": stats.writers,
-            "bytes_written": stats.bytes_written,
-            "chunks_written": stats.chunks_written,
-            "ring_bytes": stats.ring_bytes,
-            "ring_chunks": stats.ring_chunks,
-            "queued_bytes": stats.queued_bytes,
-            "dropped_chunks": stats.dropped_chunks,
-            "dropped_bytes": stats.dropped_bytes,
-            "disconnected_readers": stats.disconnected_readers,
-            "channel_buffer_size": stats.channel_buffer_size,
-            "ring_buffer_size": stats.ring_buffer_size,
-            "slow_reader": stats.slow_reader.value,
+        return {
+            XATTR_PREFIX + name.encode(): str(value.value if isinstance(value, enum.Enum)
+                                              else value).encode()
+            for name, value in asdict(node.stream.statistics()).items()
         }
-        return {XATTR_PREFIX + k.encode(): str(v).encode() for k, v in values.items()}
 
     async def listxattr(self, inode, ctx):
         return list(self._stream_xattrs(self._node(inode)))

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
-
 import trio
+
+from .wait import Waiter
 
 __all__ = ["SignalWatch"]
 
@@ -47,14 +47,14 @@ CHECKS_PER_SECOND = 1000
 
 
 class _Process:
-    """A process that has streams open, and the reads it has waiting here."""
+    """A process that has streams open, and the waiters of its handles."""
 
-    __slots__ = ("pid", "handles", "waiting", "_status_fd")
+    __slots__ = ("pid", "waiters", "_status_fd")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.handles = 0
-        self.waiting: set[Callable[[], None]] = set()
+        #: One per open handle.
+        self.waiters: set[Waiter] = set()
         self._status_fd: int | None = None
 
     def signalled(self) -> bool:
@@ -89,34 +89,31 @@ class SignalWatch:
     def __init__(self) -> None:
         self._processes: dict[int, _Process] = {}
 
-    def opened(self, pid: int) -> None:
-        """A handle was opened by ``pid``: its reads may need watching."""
+    def opened(self, pid: int, waiter: Waiter) -> None:
+        """``pid`` opened a handle whose operations wait through ``waiter``."""
         process = self._processes.get(pid)
         if process is None:
             process = self._processes[pid] = _Process(pid)
-        process.handles += 1
+        process.waiters.add(waiter)
 
-    def released(self, pid: int) -> None:
+    def released(self, pid: int, waiter: Waiter) -> None:
         process = self._processes[pid]
-        process.handles -= 1
-        if not process.handles:
+        process.waiters.remove(waiter)
+        if not process.waiters:
             process.close()
             del self._processes[pid]
 
-    def waiting(self, pid: int) -> set[Callable[[], None]]:
-        """What ends each blocked operation of ``pid``; add to it while blocked."""
-        return self._processes[pid].waiting
-
     def check(self) -> int:
-        """Cancel the reads of signalled processes; return how many processes were checked."""
+        """Interrupt the waits of signalled processes; return how many processes were checked."""
         checked = 0
         for process in self._processes.values():
-            if process.waiting:
+            parked = [waiter for waiter in process.waiters if waiter.parked]
+            if parked:
                 checked += 1
                 if process.signalled():
-                    log.debug("pid %d has a signal pending: interrupting its reads", process.pid)
-                    for interrupt in list(process.waiting):
-                        interrupt()
+                    log.debug("pid %d has a signal pending: interrupting its waits", process.pid)
+                    for waiter in parked:
+                        waiter.interrupt()
         return checked
 
     async def run(self) -> None:

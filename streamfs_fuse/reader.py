@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .budget import MemoryBudget
+from .chunk import Chunk
+from .wait import Waiter
 
 if TYPE_CHECKING:
     from .stream import Stream
 
-__all__ = ["Reader", "ReaderDisconnected", "ReadInterrupted"]
+__all__ = ["Reader", "ReaderDisconnected"]
 
 log = logging.getLogger(__name__)
 
@@ -22,58 +23,81 @@ class ReaderDisconnected(Exception):
     """The reader fell further behind than its buffer allows and was cut off."""
 
 
-class ReadInterrupted(Exception):
-    """A waiting read was ended by :meth:`Reader.interrupt`; nothing was consumed."""
-
-
 class Reader:
     """A reader's own queue of chunks, fed by its stream and drained by read().
 
-    Each reader has a trio memory channel. The stream sends chunks into it by
-    reference (readers share one bytes object per chunk) and counts the bytes
-    queued in :attr:`pending`; the slow-reader policy compares that count with
-    :attr:`capacity`. Closing the channel is how the stream says "no more":
-    read() then returns what is still queued and after that ``b""`` (EOF).
+    Each reader has a trio memory channel, seeded at open with the stream's
+    history and then fed every chunk written while it is open. Chunks travel
+    by reference: readers and the ring share one object per chunk.
 
-    read() may be cancelled or interrupted at any point without losing data: a
-    chunk is taken off the channel only when it is about to be returned.
+    Invariants:
+
+    - ``pending`` is the payload queued and not yet read, in bytes.
+    - ``backlog`` is the footprint (payload plus :data:`CHUNK_OVERHEAD`) of the
+      queued chunks that were written after the reader opened. The first
+      ``_history`` chunks of the queue are the history it was seeded with and
+      do not count: the channel bounds how far a reader falls behind, not the
+      history it was given.
+    - A chunk may be queued when ``backlog`` is zero or it fits in ``capacity``
+      (:meth:`has_room`), so a reader that keeps up never misses a chunk.
+    - A chunk is taken off the queue whole: a read, a drop or a cancellation
+      never leaves part of a chunk behind for the next read to miss.
+
+    Closing the channel is how the stream says "no more": read() then returns
+    what is still queued and after that ``b""`` (EOF).
     """
 
-    def __init__(self, stream: Stream, reader_id: int, capacity: int,
-                 budget: MemoryBudget) -> None:
+    def __init__(self, stream: Stream, reader_id: int, capacity: int, waiter: Waiter,
+                 lossy: bool) -> None:
         self.stream = stream
         self.id = reader_id
         self.capacity = capacity
-        self.budget = budget
-        budget.readers.add(self)
+        self.waiter = waiter
+        #: Under ``block``, a lossy reader never holds writers back: it misses
+        #: chunks as under ``drop`` (the read side of a handle that also writes).
+        self.lossy = lossy
         self.pending = 0
+        self.backlog = 0
         self.dropped_chunks = 0
         self.dropped_bytes = 0
         self.disconnected = False
-        # Infinite in items: the bound is in bytes and kept by the stream.
-        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+        self.ended = False
+        #: Reads of this reader waiting for data right now.
+        self.waiting = 0
+        self._history = 0
+        # Infinite in items: the bound is in bytes and kept by has_room().
+        self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
         # The chunk being served across several reads, and how far into it.
-        self._current: memoryview | None = None
+        self._current: Chunk | None = None
+        self._view: memoryview | None = None
         self._offset = 0
         # Writers waiting for this reader to make room (the ``block`` policy).
         self._room = trio.lowlevel.ParkingLot()
-        # A read waiting for the next chunk. Waiting here rather than in the
-        # channel's receive() lets interrupt() end the wait without a cancel
-        # scope per read, which costs more than the rest of the read.
+        # Reads waiting for the next chunk.
         self._arrival = trio.lowlevel.ParkingLot()
-        self._interrupted = False
-        self.ended = False
 
     # -- the stream's side ------------------------------------------------
 
-    def has_room(self, size: int) -> bool:
-        """Whether a chunk of ``size`` bytes fits; an empty reader takes any chunk."""
-        return self.pending == 0 or self.pending + size <= self.capacity
+    def has_room(self, footprint: int) -> bool:
+        """Whether a chunk fits: an empty backlog takes any chunk."""
+        return not self.backlog or self.backlog + footprint <= self.capacity
 
-    def push(self, chunk: bytes) -> None:
+    def seed(self, chunk: Chunk) -> None:
+        """Queue a chunk of history: it does not count against the capacity."""
+        self._history += 1
+        self._queue(chunk)
+
+    def push(self, chunk: Chunk) -> None:
+        """Queue a live chunk; the caller checked :meth:`has_room`."""
+        self.backlog += chunk.footprint
+        self._queue(chunk)
+
+    def _queue(self, chunk: Chunk) -> None:
+        if not chunk.refs and not chunk.in_ring:
+            self.stream.hold(chunk.footprint)
+        chunk.refs += 1
         self._send.send_nowait(chunk)
-        self.pending += len(chunk)
-        self.budget.add(len(chunk))
+        self.pending += len(chunk.data)
         if self._arrival:
             self._arrival.unpark_all()
 
@@ -84,11 +108,6 @@ class Reader:
         self._room.unpark_all()
         self._arrival.unpark_all()
 
-    def interrupt(self) -> None:
-        """End a waiting read with :class:`ReadInterrupted`."""
-        self._interrupted = True
-        self._arrival.unpark_all()
-
     def disconnect(self) -> None:
         """Cut the reader off: its queue is discarded and read() fails from now on."""
         if self.disconnected:
@@ -96,28 +115,24 @@ class Reader:
         self.disconnected = True
         log.warning(
             "stream %r: reader %d disconnected: %d bytes queued exceed its buffer of %d bytes",
-            self.stream.name, self.id, self.pending, self.capacity,
+            self.stream.name, self.id, self.backlog, self.capacity,
         )
         self.end()
         self._discard_queue()
 
     def drop_oldest(self) -> int:
-        """Discard the oldest queued data (one chunk, or what is left of it); return its size."""
-        if self._current is not None:
-            size = len(self._current) - self._offset
-            self._current = None
-        else:
-            try:
-                size = len(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return 0
-        self._forget(size)
-        return size
+        """Discard the oldest whole chunk not yet being read; return its payload size.
 
-    async def wait_room(self, size: int) -> None:
-        """Wait until a chunk of ``size`` bytes fits or the reader has gone away."""
-        while not self.has_room(size) and not self.ended:
-            await self._room.park()
+        A chunk already partly read is never dropped: the reader gets it whole.
+        """
+        try:
+            chunk = self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return 0
+        size = len(chunk.data)
+        self.pending -= size
+        self._done(chunk)
+        return size
 
     # -- the reading side -------------------------------------------------
 
@@ -128,40 +143,40 @@ class Reader:
         chunks are joined into one reply; a chunk larger than ``size`` is
         served over several reads without copying its tail.
         Raises :class:`trio.WouldBlock` when ``nonblocking`` and nothing is
-        queued, :class:`ReadInterrupted` when :meth:`interrupt` ends the wait,
-        and :class:`ReaderDisconnected` once the reader was cut off.
+        queued, :class:`~.wait.Interrupted` when the reader's waiter is
+        interrupted, and :class:`ReaderDisconnected` once the reader was cut off.
+        Cancelling or interrupting a read loses nothing.
         """
         if self._current is None:
             try:
                 try:
-                    first = self._receive.receive_nowait()
+                    chunk = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     if nonblocking:
                         raise
-                    first = await self._wait_for_chunk()
+                    chunk = await self._wait_for_chunk()
             except trio.EndOfChannel:
                 self._check_connected()
                 return b""
-            if len(first) <= size:
-                data = self._join_queued(first, size)
-                self._forget(len(data))
-                return data
-            self._current = memoryview(first)
-            self._offset = 0
-        piece = self._take_current(size)
-        self._forget(len(piece))
-        return piece
+            data = chunk.data
+            if len(data) <= size:
+                self.pending -= len(data)
+                self._done(chunk)
+                return self._join_queued(data, size)
+            self._start(chunk)
+        return self._take_current(size)
 
-    async def _wait_for_chunk(self) -> bytes:
-        self._interrupted = False
-        while True:
-            await self._arrival.park()
-            if self._interrupted:
-                raise ReadInterrupted
-            try:
-                return self._receive.receive_nowait()
-            except trio.WouldBlock:
-                continue
+    async def _wait_for_chunk(self) -> Chunk:
+        self.waiting += 1
+        try:
+            while True:
+                await self.waiter.park(self._arrival)
+                try:
+                    return self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    continue
+        finally:
+            self.waiting -= 1
 
     def _join_queued(self, first: bytes, size: int) -> bytes:
         """``first`` and as much more as is queued, up to ``size`` bytes in all."""
@@ -172,28 +187,43 @@ class Reader:
                 chunk = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            if len(chunk) > room:
-                self._current = memoryview(chunk)
-                self._offset = 0
+            data = chunk.data
+            if len(data) > room:
+                self._start(chunk)
                 pieces.append(self._take_current(room))
                 break
-            pieces.append(chunk)
-            room -= len(chunk)
+            self.pending -= len(data)
+            self._done(chunk)
+            pieces.append(data)
+            room -= len(data)
         return first if len(pieces) == 1 else b"".join(pieces)
+
+    def _start(self, chunk: Chunk) -> None:
+        self._current = chunk
+        self._view = memoryview(chunk.data)
+        self._offset = 0
 
     def _take_current(self, size: int) -> memoryview:
         """The next ``size`` bytes of the chunk being served, without copying."""
         start = self._offset
-        piece = self._current[start:start + size]
+        piece = self._view[start:start + size]
         self._offset = start + len(piece)
-        if self._offset == len(self._current):
-            self._current = None
+        self.pending -= len(piece)
+        if self._offset == len(self._view):
+            chunk = self._current
+            self._current = self._view = None
+            self._done(chunk)
         return piece
 
-    def _forget(self, size: int) -> None:
-        """``size`` queued bytes are gone: read, dropped or discarded."""
-        self.pending -= size
-        self.budget.remove(size)
+    def _done(self, chunk: Chunk) -> None:
+        """``chunk`` left the queue: read to its end, dropped or discarded."""
+        if self._history:
+            self._history -= 1
+        else:
+            self.backlog -= chunk.footprint
+        chunk.refs -= 1
+        if not chunk.refs and not chunk.in_ring:
+            self.stream.release(chunk.footprint)
         if self._room:
             self._room.unpark_all()
 
@@ -204,17 +234,16 @@ class Reader:
             )
 
     def _discard_queue(self) -> None:
-        self._current = None
-        while True:
-            try:
-                self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        self._forget(self.pending)
+        if self._current is not None:
+            self.pending -= len(self._view) - self._offset
+            chunk = self._current
+            self._current = self._view = None
+            self._done(chunk)
+        while self.drop_oldest():
+            pass
 
     def close(self) -> None:
         """The handle was released: forget everything queued."""
         self.end()
         self._discard_queue()
         self._receive.close()
-        self.budget.readers.discard(self)

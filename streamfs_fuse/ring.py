@@ -3,59 +3,101 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 
-__all__ = ["RingBuffer"]
+from .chunk import Chunk
+
+__all__ = ["RingBuffer", "SMALL_CHUNK"]
+
+#: Chunks smaller than this are copied into the ring's open unit rather than
+#: kept one by one, so that a stream of tiny writes costs the ring one chunk's
+#: bookkeeping per unit, not per write (1,000,000 one-byte writes would
+#: otherwise hold 128 MB of overhead for 1 MB of history).
+SMALL_CHUNK = 4096
+#: Largest open unit: coalesced history is evicted a unit at a time.
+UNIT_SIZE = 64 * 1024
 
 
 class RingBuffer:
-    """The newest chunks of a stream, at most ``capacity`` bytes in all.
+    """The newest chunks of a stream, at most ``capacity`` bytes of payload in all.
 
-    Chunks are kept whole and counted in bytes, not in chunks: appending drops
-    the oldest chunks until the rest fits. A chunk larger than the whole ring
-    is not kept at all, so the ring never holds more than ``capacity`` bytes.
+    Chunks of :data:`SMALL_CHUNK` bytes or more are kept as they are, shared
+    with the readers that queue them. Smaller ones are appended to one open
+    unit, which is closed when it reaches ``unit_size`` (the smaller of
+    :data:`UNIT_SIZE` and a sixteenth of the ring) or a large chunk follows.
+    Units hold whole writes, and eviction takes whole units, oldest first, so
+    history is always whole writes, in order: all of them that fit, or at least
+    fifteen sixteenths of the ring when writes are small. A chunk larger than
+    the ring is not kept at all. ``capacity=0`` keeps nothing.
+
+    ``evicted`` is called with each shared chunk that leaves the ring.
     """
 
-    __slots__ = ("capacity", "nbytes", "_chunks")
+    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_tail", "_evicted")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, evicted: Callable[[Chunk], None]) -> None:
         if capacity < 0:
             raise ValueError("ring capacity must not be negative")
         self.capacity = capacity
         self.nbytes = 0
-        self._chunks: deque[bytes] = deque()
+        self.unit_size = max(1, min(UNIT_SIZE, capacity // 16))
+        self._units: deque[Chunk] = deque()
+        self._tail = bytearray()
+        self._evicted = evicted
 
-    def append(self, chunk: bytes) -> None:
-        size = len(chunk)
+    def append(self, chunk: Chunk) -> None:
+        data = chunk.data
+        size = len(data)
         if size > self.capacity:
             self.clear()
             return
-        chunks = self._chunks
         while self.nbytes + size > self.capacity:
-            self.nbytes -= len(chunks.popleft())
-        chunks.append(chunk)
+            self._evict_oldest()
         self.nbytes += size
+        if size < SMALL_CHUNK:
+            self._tail += data
+            if len(self._tail) >= self.unit_size:
+                self._close_tail()
+        else:
+            self._close_tail()
+            chunk.in_ring = True
+            self._units.append(chunk)
+
+    def history(self) -> list[Chunk]:
+        """Everything the ring holds, oldest first, for a reader that opens now.
+
+        An open unit of :data:`SMALL_CHUNK` bytes or more is closed so that
+        readers share it; a smaller one is given as a private copy, not in the ring.
+        """
+        if len(self._tail) >= SMALL_CHUNK:
+            self._close_tail()
+        if self._tail:
+            return [*self._units, Chunk(bytes(self._tail))]
+        return list(self._units)
 
     def clear(self) -> None:
-        self._chunks.clear()
+        while self._units:
+            self._evict_oldest()
+        self._tail.clear()
         self.nbytes = 0
 
-    def newest(self, limit: int) -> list[bytes]:
-        """The newest whole chunks that fit in ``limit`` bytes, oldest first."""
-        if self.nbytes <= limit:
-            return list(self._chunks)
-        picked: list[bytes] = []
-        total = 0
-        for chunk in reversed(self._chunks):
-            total += len(chunk)
-            if total > limit:
-                break
-            picked.append(chunk)
-        picked.reverse()
-        return picked
+    def _close_tail(self) -> None:
+        if self._tail:
+            unit = Chunk(bytes(self._tail))
+            unit.in_ring = True
+            self._units.append(unit)
+            self._tail.clear()
+
+    def _evict_oldest(self) -> None:
+        if not self._units:
+            self.nbytes -= len(self._tail)
+            self._tail.clear()
+            return
+        chunk = self._units.popleft()
+        self.nbytes -= len(chunk.data)
+        chunk.in_ring = False
+        self._evicted(chunk)
 
     def __len__(self) -> int:
-        return len(self._chunks)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._chunks)
+        """Units held, the open one included."""
+        return len(self._units) + bool(self._tail)

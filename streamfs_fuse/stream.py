@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import trio
 
 from .budget import MemoryBudget
+from .chunk import Chunk
 from .reader import Reader
 from .ring import RingBuffer
+from .wait import Waiter
 
-__all__ = ["SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream", "StreamClosed"]
+__all__ = [
+    "SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream", "StreamClosed", "Writer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class StreamStatistics:
+    """A stream's figures at one moment; sizes are payload bytes unless named ``held``."""
+
     readers: int
     writers: int
     bytes_written: int
@@ -55,9 +61,14 @@ class StreamStatistics:
     ring_bytes: int
     ring_chunks: int
     queued_bytes: int
+    #: Memory held for readers beyond the ring, with per-chunk overhead: what
+    #: this stream counts against ``max_memory``.
+    held_bytes: int
     dropped_chunks: int
     dropped_bytes: int
     disconnected_readers: int
+    waiting_reads: int
+    waiting_writes: int
     channel_buffer_size: int
     ring_buffer_size: int
     slow_reader: SlowReaderPolicy
@@ -67,13 +78,37 @@ class StreamClosed(Exception):
     """The stream was removed: it takes no more data."""
 
 
+class Writer:
+    """One open-for-write handle on a stream."""
+
+    __slots__ = ("stream", "waiter", "closed")
+
+    def __init__(self, stream: Stream, waiter: Waiter) -> None:
+        self.stream = stream
+        self.waiter = waiter
+        self.closed = False
+
+    async def write(self, data: bytes) -> int:
+        """Append ``data`` as one chunk; see :meth:`Stream.write`."""
+        return await self.stream.write(data, self.waiter)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stream.writers -= 1
+
+
 class Stream:
-    """One stream: its ring of history, its readers, its counters.
+    """One stream: its ring of history, its readers, its writers, its counters.
 
     Each write is one chunk, delivered whole and in order to every reader that
     is open at that moment; a reader that opens is first given the ring's
     history. Both happen without an await in between, so no chunk is lost,
     repeated or reordered between history and live data.
+
+    Every wait (a read for data, a ``block`` write for a reader's room, for the
+    memory cap or for its turn) parks through the handle's :class:`Waiter`,
+    and :meth:`close` wakes them all.
     """
 
     def __init__(self, name: str, settings: StreamSettings,
@@ -81,21 +116,26 @@ class Stream:
         self.name = name
         self.settings = settings
         self.budget = budget or MemoryBudget()
-        self.ring = RingBuffer(settings.ring_buffer_size)
+        self.ring = RingBuffer(settings.ring_buffer_size, self._evicted)
         self.readers: list[Reader] = []
         self.writers = 0
         self.bytes_written = 0
         self.chunks_written = 0
+        self.held = 0
         self.dropped_chunks = 0
         self.dropped_bytes = 0
         self.disconnected_readers = 0
+        self.waiting_writes = 0
         self.closed = False
         self._reader_ids = itertools.count(1)
-        # Chunks missed per reader id since the last drop warning.
+        # Chunks missed per reader id, and bytes in all, since the last drop warning.
         self._unlogged_drops: dict[int, int] = {}
+        self._unlogged_bytes = 0
         self._last_drop_log = -math.inf
-        # Under the block policy, writers queue here so chunks keep arrival order.
-        self._write_lock = trio.Lock()
+        # Under the block policy one write at a time waits and delivers, so
+        # chunks keep the order in which their writes arrived.
+        self._writing = False
+        self._turn = trio.lowlevel.ParkingLot()
 
     @property
     def policy(self) -> SlowReaderPolicy:
@@ -104,12 +144,22 @@ class Stream:
     def set_policy(self, policy: SlowReaderPolicy) -> None:
         self.settings = replace(self.settings, slow_reader=policy)
 
-    def open_reader(self) -> Reader:
-        """Register a reader, seeded with as much history as its buffer holds."""
+    def sheddable(self, reader: Reader) -> bool:
+        """Whether the memory cap may take ``reader``'s data rather than make writers wait."""
+        return reader.lossy or self.policy is not SlowReaderPolicy.BLOCK
+
+    # -- opening and closing handles ----------------------------------------
+
+    def open_reader(self, waiter: Waiter | None = None, *, lossy: bool = False) -> Reader:
+        """Register a reader, seeded with the whole of the ring's history.
+
+        ``lossy`` readers never hold writers back (see :attr:`Reader.lossy`).
+        """
         reader = Reader(self, next(self._reader_ids), self.settings.channel_buffer_size,
-                        self.budget)
-        for chunk in self.ring.newest(reader.capacity):
-            reader.push(chunk)
+                        waiter or Waiter(), lossy)
+        self.budget.readers.add(reader)
+        for chunk in self.ring.history():
+            reader.seed(chunk)
         if self.closed:
             reader.end()
         else:
@@ -118,47 +168,89 @@ class Stream:
 
     def release_reader(self, reader: Reader) -> None:
         reader.close()
+        self.budget.readers.discard(reader)
         try:
             self.readers.remove(reader)
         except ValueError:
             pass
 
-    async def write(self, data: bytes) -> int:
-        """Append ``data`` as one chunk; raise :class:`StreamClosed` once removed."""
+    def open_writer(self, waiter: Waiter | None = None) -> Writer:
+        self.writers += 1
+        return Writer(self, waiter or Waiter())
+
+    # -- writing -------------------------------------------------------------
+
+    async def write(self, data: bytes, waiter: Waiter) -> int:
+        """Append ``data`` as one chunk; raise :class:`StreamClosed` once removed.
+
+        Under ``drop`` and ``disconnect`` a write never waits. Under ``block``
+        it waits until every reader that is not lossy has room, and, while this
+        stream holds memory beyond its ring, until the mount's cap has room
+        after shedding the data of readers that may lose it. A stream whose
+        readers have caught up may always write, so a stalled reader on one
+        stream never freezes the writers of another.
+        """
         if self.closed:
             raise StreamClosed(self.name)
         if not data:
             return 0
-        if self.policy is SlowReaderPolicy.BLOCK:
-            async with self._write_lock:
-                await self._wait_for_room(len(data))
-                self._deliver(data)
-        else:
-            self._deliver(data)
+        chunk = Chunk(data)
+        if self.policy is not SlowReaderPolicy.BLOCK:
+            self._deliver(chunk)
+            return len(data)
+        self.waiting_writes += 1
+        try:
+            while self._writing:
+                await self._park(waiter, self._turn)
+            self._writing = True
+        finally:
+            self.waiting_writes -= 1
+        try:
+            await self._wait_for_room(chunk.footprint, waiter)
+            self._deliver(chunk)
+        finally:
+            self._writing = False
+            if self._turn:
+                self._turn.unpark_all()
         return len(data)
 
-    async def _wait_for_room(self, size: int) -> None:
+    async def _wait_for_room(self, footprint: int, waiter: Waiter) -> None:
+        budget = self.budget
         while True:
-            if self.closed:
-                raise StreamClosed(self.name)
-            slow = next((r for r in self.readers if not r.has_room(size)), None)
+            slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
+                        None)
             if slow is not None:
-                await slow.wait_room(size)
-            elif not self.budget.has_room(size * len(self.readers)):
-                await self.budget.wait_room(size * len(self.readers))
+                lot = slow._room
+            elif self.held and not budget.has_room(footprint):
+                budget.shed()
+                if budget.has_room(footprint):
+                    return
+                lot = budget.room
             else:
                 return
+            self.waiting_writes += 1
+            try:
+                await self._park(waiter, lot)
+            finally:
+                self.waiting_writes -= 1
 
-    def _deliver(self, chunk: bytes) -> None:
-        size = len(chunk)
-        self.ring.append(chunk)
+    async def _park(self, waiter: Waiter, lot: trio.lowlevel.ParkingLot) -> None:
+        if self.closed:
+            raise StreamClosed(self.name)
+        await waiter.park(lot)
+        if self.closed:
+            raise StreamClosed(self.name)
+
+    def _deliver(self, chunk: Chunk) -> None:
+        size = len(chunk.data)
+        footprint = chunk.footprint
         self.bytes_written += size
         self.chunks_written += 1
+        # The ring first: a chunk it keeps costs the budget nothing while it is there.
+        self.ring.append(chunk)
         full = []
         for reader in self.readers:
-            # Reader.has_room, inlined: this loop runs per chunk per reader.
-            pending = reader.pending
-            if not pending or pending + size <= reader.capacity:
+            if reader.has_room(footprint):
                 reader.push(chunk)
             else:
                 full.append(reader)
@@ -171,12 +263,35 @@ class Stream:
         if self.budget.over():
             self.budget.shed()
 
-    def shed(self, reader: Reader) -> None:
-        """The mount's memory cap is exceeded and ``reader`` is furthest behind."""
+    # -- memory --------------------------------------------------------------
+
+    def hold(self, footprint: int) -> None:
+        """A chunk of this stream is queued by a reader and not in the ring."""
+        self.held += footprint
+        self.budget.hold(footprint)
+
+    def release(self, footprint: int) -> None:
+        self.held -= footprint
+        self.budget.release(footprint)
+
+    def _evicted(self, chunk: Chunk) -> None:
+        if chunk.refs:
+            self.hold(chunk.footprint)
+
+    def shed(self, reader: Reader) -> bool:
+        """The mount is over its memory cap and ``reader`` is furthest behind.
+
+        Return whether anything was freed.
+        """
         if self.policy is SlowReaderPolicy.DISCONNECT:
             self._disconnect(reader)
-        else:
-            self._count_drops([reader], reader.drop_oldest())
+            return True
+        size = reader.drop_oldest()
+        if size:
+            self._count_drops([reader], size)
+        return bool(size)
+
+    # -- slow readers --------------------------------------------------------
 
     def _count_drops(self, readers: list[Reader], size: int) -> None:
         unlogged = self._unlogged_drops
@@ -186,22 +301,27 @@ class Stream:
             unlogged[reader.id] = unlogged.get(reader.id, 0) + 1
         self.dropped_chunks += len(readers)
         self.dropped_bytes += size * len(readers)
-        now = trio.current_time()
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-            self._last_drop_log = now
-            self._log_drops()
+        self._unlogged_bytes += size * len(readers)
+        if trio.current_time() - self._last_drop_log >= DROP_LOG_INTERVAL:
+            self.log_drops()
 
-    def _log_drops(self) -> None:
+    def log_drops(self) -> None:
+        """Log the drops since the last warning, if any."""
         drops = self._unlogged_drops
+        if not drops:
+            return
+        self._last_drop_log = trio.current_time()
         named = ", ".join(f"reader {rid} ({n})" for rid, n in
                           itertools.islice(drops.items(), DROP_LOG_READERS))
         more = len(drops) - DROP_LOG_READERS
         log.warning(
-            "stream %r: %d slow reader(s) missed %d chunks: %s%s; %d chunks (%d bytes) missed"
-            " in all", self.name, len(drops), sum(drops.values()), named,
+            "stream %r: %d slow reader(s) missed %d chunks (%d bytes) since the last warning:"
+            " %s%s; %d chunks (%d bytes) missed since the stream was created",
+            self.name, len(drops), sum(drops.values()), self._unlogged_bytes, named,
             f" and {more} more" if more > 0 else "", self.dropped_chunks, self.dropped_bytes,
         )
         drops.clear()
+        self._unlogged_bytes = 0
 
     def _disconnect(self, reader: Reader) -> None:
         reader.disconnect()
@@ -209,8 +329,10 @@ class Stream:
             self.readers.remove(reader)
             self.disconnected_readers += 1
 
+    # -- the end -------------------------------------------------------------
+
     def close(self) -> None:
-        """End the stream: readers drain what is queued, then get EOF."""
+        """End the stream: readers drain what is queued, then get EOF; waiting writers fail."""
         if self.closed:
             return
         self.closed = True
@@ -218,6 +340,9 @@ class Stream:
             reader.end()
         self.readers.clear()
         self.ring.clear()
+        self._turn.unpark_all()
+        self.budget.room.unpark_all()
+        self.log_drops()
 
     def statistics(self) -> StreamStatistics:
         return StreamStatistics(
@@ -228,9 +353,12 @@ class Stream:
             ring_bytes=self.ring.nbytes,
             ring_chunks=len(self.ring),
             queued_bytes=sum(reader.pending for reader in self.readers),
+            held_bytes=self.held,
             dropped_chunks=self.dropped_chunks,
             dropped_bytes=self.dropped_bytes,
             disconnected_readers=self.disconnected_readers,
+            waiting_reads=sum(reader.waiting for reader in self.readers),
+            waiting_writes=self.waiting_writes,
             channel_buffer_size=self.settings.channel_buffer_size,
             ring_buffer_size=self.settings.ring_buffer_size,
             slow_reader=self.policy,

@@ -1,5 +1,6 @@
 """The command line: bad input gets one line and a non-zero exit, never a mount."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -9,9 +10,9 @@ import pytest
 
 from conftest import require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
-from streamfs_fuse.config import ConfigError
+from streamfs_fuse.config import SETTINGS, ConfigError
 from streamfs_fuse.mount import is_mounted
-from streamfs_fuse.stream import SlowReaderPolicy
+from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
 
 CLI = [sys.executable, "-m", "streamfs_fuse"]
 
@@ -22,7 +23,8 @@ def config(*argv):
 
 @pytest.mark.parametrize("text, expected", [
     ("512KB", 512 * 1024), ("1.5MB", 1572864), ("524288", 524288),
-    ("1MiB", 1 << 20), ("2GB", 2 << 30), ("64 KB", 65536),
+    ("1MiB", 1 << 20), ("2GB", 2 << 30), ("64 KB", 65536), ("0", 0), ("1.0", 1),
+    ("0.5KB", 512), ("10 bytes", 10),
 ])
 def test_sizes_are_1024_based(text, expected):
     assert config("m", f"--ring-buffer-size={text}").settings.ring_buffer_size == expected
@@ -75,9 +77,35 @@ def test_o_options_split_into_settings_and_fuse_options():
     assert cfg.fuse_options == {"allow_other", "fsname=src"}
 
 
+def test_settings_table_matches_stream_settings():
+    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(StreamSettings)]
+
+
+def sample(setting):
+    """A valid value for ``setting`` that is not its default."""
+    return setting.choices[-1] if setting.choices else "1MB"
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_setting_has_a_flag_an_o_key_and_a_toml_key(tmp_path, setting):
+    expected = setting.parse(sample(setting), setting.name)
+    assert expected != setting.default
+    toml = f'[plugins.streamfs.config]\n{setting.name} = "{sample(setting)}"\n'
+    for argv in ([f"{setting.flag}={sample(setting)}"],
+                 ["-o", f"{setting.name}={sample(setting)}"],
+                 ["--config", write_config(tmp_path, toml)]):
+        assert getattr(config("m", *argv).settings, setting.name) == expected, argv
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--ring-buffer-size=abc"], "--ring-buffer-size: 'abc' is not a size"),
-    (["--ring-buffer-size=0"], "--ring-buffer-size: must be greater than zero"),
+    (["--channel-buffer-size=0"], "--channel-buffer-size: must be at least 1, got 0"),
+    (["--max-memory=0"], "--max-memory: must be at least 1, got 0"),
+    (["--ring-buffer-size=1.5"], "--ring-buffer-size: '1.5' is not a whole number of bytes"),
+    (["--ring-buffer-size=0.5B"], "--ring-buffer-size: '0.5B' is not a whole number of bytes"),
+    (["--ring-buffer-size=0.1KB"], "--ring-buffer-size: '0.1KB' is not a whole number of bytes"),
+    (["--ring-buffer-size=1e3"], "--ring-buffer-size: '1e3' is not a size"),
+    (["--ring-buffer-size=100TB"], "--ring-buffer-size: 100TB is more than this machine's memory"),
     (["--channel-buffer-size=-1MB"], "--channel-buffer-size: '-1MB' is not a size"),
     (["-o", "ring_buffer_size=lots"], "-o ring_buffer_size: 'lots' is not a size"),
     (["-o", "bogus"], "-o bogus: unknown mount option"),
@@ -88,13 +116,20 @@ def test_bad_settings_are_one_line_errors(argv, message):
         config("m", *argv)
 
 
+SECTION = "[plugins.streamfs.config]\n"
+
+
 @pytest.mark.parametrize("body, message", [
     ("[plugins.streamfs\n", "is not valid TOML"),
     ("[plugins.other]\n", "has no [plugins.streamfs] section"),
     ("[plugins.streamfs]\ncolour = 1\n", "unknown key plugins.streamfs.colour"),
     ("[plugins.streamfs.config]\nring_size = 1\n", "unknown key plugins.streamfs.config.ring_size"),
-    ("[plugins.streamfs.config]\nring_buffer_size = 0\n", "must be greater than zero"),
-    ("[plugins.streamfs.config]\nring_buffer_size = true\n", "expected a size"),
+    (f"{SECTION}channel_buffer_size = 0\n", "channel_buffer_size: must be at least 1, got 0"),
+    (f"{SECTION}ring_buffer_size = -1\n", "ring_buffer_size: must be at least 0, got -1"),
+    (f"{SECTION}ring_buffer_size = true\n", "expected a size"),
+    (f"{SECTION}ring_buffer_size = 1.5\n", "expected a size such as 512KB or 1048576, got 1.5"),
+    (f'{SECTION}ring_buffer_size = "1.5"\n', "'1.5' is not a whole number of bytes"),
+    (f"{SECTION}max_memory = {100 << 40}\n", f"{100 << 40} is more than this machine's memory"),
     ("[plugins.streamfs]\nenabled = false\n", "plugins.streamfs.enabled is not true"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, body, message):
@@ -116,6 +151,15 @@ def assert_one_line_error(result, fragment, status):
 
 def test_cli_bad_size(tmp_path):
     assert_one_line_error(run_cli(tmp_path, "--ring-buffer-size=12XB"), "is not a size", 2)
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    ("--ring-buffer-size=1.5", "'1.5' is not a whole number of bytes"),
+    ("--channel-buffer-size=0", "must be at least 1"),
+    ("--max-memory=100TB", "100TB is more than this machine's memory ("),
+])
+def test_cli_bad_size_values(tmp_path, flag, fragment):
+    assert_one_line_error(run_cli(tmp_path, flag), fragment, 2)
 
 
 def test_cli_unreadable_config(tmp_path):

@@ -1,0 +1,30 @@
+"""One write, shared by reference between a stream's ring and its readers' queues."""
+
+from __future__ import annotations
+
+__all__ = ["CHUNK_OVERHEAD", "Chunk"]
+
+#: Memory a chunk costs beyond its payload: the bytes object's header (33),
+#: this object (48, with pymalloc's rounding of both), and a queue slot per
+#: holder. Counted in every buffer limit and in the memory cap so that the
+#: limits hold for 1-byte writes too; tests/test_chunk.py measures it.
+CHUNK_OVERHEAD = 128
+
+
+class Chunk:
+    """A write's bytes, and who holds them.
+
+    Invariant: a chunk counts against its mount's memory budget exactly while
+    some reader still queues it (``refs > 0``) and no ring holds it
+    (``not in_ring``). Whoever changes ``refs`` or ``in_ring`` keeps that true.
+    """
+
+    __slots__ = ("data", "footprint", "refs", "in_ring")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        #: What holding the chunk costs, as every limit counts it.
+        self.footprint = len(data) + CHUNK_OVERHEAD
+        #: Reader queues that hold the chunk.
+        self.refs = 0
+        self.in_ring = False
