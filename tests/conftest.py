@@ -46,6 +46,12 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def wait_parked(path, reads=1, timeout=60.0):
+    """Wait until the daemon reports ``reads`` reads of ``path`` parked, waiting for data."""
+    wait_until(lambda: xattr(path, "waiting_reads") == reads, timeout=timeout,
+               what=f"{reads} parked read(s) of {path.name}")
+
+
 class Mount:
     """A streamfs-fuse daemon in the foreground, and the processes a test starts."""
 

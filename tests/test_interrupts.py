@@ -7,17 +7,14 @@ import subprocess
 import sys
 import time
 
-from conftest import wait_until, xattr
-
-
+from conftest import wait_parked, wait_until, xattr
 
 
 def blocked_cat(mnt, name="idle"):
     path = mnt / name
     path.touch()
     cat = mnt.spawn(["cat", path])
-    wait_until(lambda: xattr(path, "readers") == 1, what="the reader")
-    time.sleep(0.3)  # let its read reach the daemon and block there
+    wait_parked(path)
     return path, cat
 
 
@@ -56,7 +53,7 @@ def test_python_reader_gets_keyboard_interrupt(mnt):
     )
     reader = mnt.spawn([sys.executable, "-c", script, str(path)], text=True)
     assert reader.stdout.readline() == "open\n"
-    time.sleep(0.3)
+    wait_parked(path)
     reader.send_signal(signal.SIGINT)
     out, _ = reader.communicate(timeout=3)
     assert out == "interrupted\n" and reader.returncode == 0
@@ -86,7 +83,7 @@ def test_harmless_signals_do_not_interrupt_a_read(mnt):
     reader = mnt.spawn([sys.executable, "-c", RESTARTING_READER, str(path),
                         "SIGWINCH", "SIGCHLD"], text=True)
     assert reader.stdout.readline() == "open\n"
-    time.sleep(0.3)
+    wait_parked(path)
     reader.send_signal(signal.SIGWINCH)
     reader.send_signal(signal.SIGCHLD)
     time.sleep(1.5)  # several checks of the watcher

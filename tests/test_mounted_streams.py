@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import wait_until, xattr
+from conftest import wait_parked, wait_until, xattr
 
 from streamfs_fuse.chunk import CHUNK_OVERHEAD
 
@@ -82,7 +82,7 @@ def test_read_returns_short_as_soon_as_data_is_queued(mnt):
         got = []
         thread = threading.Thread(target=lambda: got.append(os.read(fd, 1 << 20)))
         thread.start()
-        time.sleep(0.2)
+        wait_parked(path)
         assert got == [], "read returned with nothing written"
         path.write_bytes(b"tiny")
         thread.join(10)
@@ -367,8 +367,7 @@ def test_many_blocked_readers_do_not_starve_the_mount(mnt):
     )
     crowd = mnt.spawn([sys.executable, "-c", script, str(path), str(count)], text=True)
     assert crowd.stdout.readline() == "started\n"
-    wait_for_readers(path, count)
-    time.sleep(0.5)  # let every thread park its read in the daemon
+    wait_parked(path, count)
     assert os.listdir(mnt.path) == ["crowd"]
     assert os.stat(path).st_size == 0
     path.write_bytes(b"hello crowd")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until, xattr
+from conftest import wait_parked, wait_until, xattr
 
 
 
@@ -29,7 +29,7 @@ def test_block_policy_is_lossless_and_stalls_the_writer(mount_with):
         source = mnt.path.parent / "source"
         source.write_bytes(data)
         writer = mnt.spawn(["dd", f"if={source}", f"of={path}", "bs=64K", "status=none"])
-        time.sleep(0.5)
+        wait_until(lambda: xattr(path, "waiting_writes") == 1, what="the writer waiting")
         assert writer.poll() is None, "the writer went on past a full reader"
         assert xattr(path, "queued_bytes") <= 256 * 1024
         received = bytearray()
@@ -144,8 +144,7 @@ def test_ten_thousand_readers_on_one_stream(mnt):
     path = mnt / "crowd"
     path.touch()
     crowds = start_crowd(mnt, [path], 10_000, processes=10)
-    wait_until(lambda: xattr(path, "readers") == 10_000, timeout=60, what="10,000 readers")
-    time.sleep(1)
+    wait_parked(path, 10_000)
     assert_mount_answers(mnt, path)
     path.write_bytes(os.urandom(1024))
     for crowd in crowds:
@@ -158,9 +157,8 @@ def test_a_thousand_streams_with_one_reader_each(mnt):
     for path in paths:
         path.touch()
     crowds = start_crowd(mnt, paths, 1000, processes=1)
-    wait_until(lambda: all(xattr(p, "readers") == 1 for p in paths[::97]), timeout=60,
-               what="readers on every stream")
-    time.sleep(1)
+    for path in paths:
+        wait_parked(path)
     assert_mount_answers(mnt, paths[-1])
     for path in paths:
         path.write_bytes(b"m" * 1024)
@@ -192,8 +190,7 @@ def test_sigterm_with_a_thousand_blocked_readers(mnt):
     path = mnt / "crowd"
     path.touch()
     crowds = start_crowd(mnt, [path], 1000, processes=1)
-    wait_until(lambda: xattr(path, "readers") == 1000, timeout=60, what="1,000 readers")
-    time.sleep(0.5)
+    wait_parked(path, 1000)
     assert mnt.stop(signal.SIGTERM, timeout=10) == 0
     out, _ = crowds[0].communicate(timeout=30)
     # Every reader got EOF and closed its file without an error.
