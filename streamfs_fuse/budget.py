@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import trio
-
 if TYPE_CHECKING:
     from .reader import Reader
 
@@ -30,16 +28,12 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.readers: set[Reader] = set()
-        # Writers under the block policy waiting for ``used`` to fall.
-        self.room = trio.lowlevel.ParkingLot()
 
     def hold(self, footprint: int) -> None:
         self.used += footprint
 
     def release(self, footprint: int) -> None:
         self.used -= footprint
-        if self.room:
-            self.room.unpark_all()
 
     def over(self) -> bool:
         return self.limit is not None and self.used > self.limit

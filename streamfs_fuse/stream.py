@@ -6,6 +6,7 @@ import enum
 import itertools
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, replace
 
 import trio
@@ -132,9 +133,9 @@ class Stream:
         self._unlogged_drops: dict[int, int] = {}
         self._unlogged_bytes = 0
         self._last_drop_log = -math.inf
-        # Under the block policy one write at a time waits and delivers, so
-        # chunks keep the order in which their writes arrived.
-        self._writing = False
+        # Under the block policy writes wait and deliver one at a time, in the
+        # order they arrived: the head of this queue is the one whose turn it is.
+        self._write_queue: deque[object] = deque()
         self._turn = trio.lowlevel.ParkingLot()
 
     @property
@@ -184,11 +185,12 @@ class Stream:
         """Append ``data`` as one chunk; raise :class:`StreamClosed` once removed.
 
         Under ``drop`` and ``disconnect`` a write never waits. Under ``block``
-        it waits until every reader that is not lossy has room, and, while this
-        stream holds memory beyond its ring, until the mount's cap has room
-        after shedding the data of readers that may lose it. A stream whose
-        readers have caught up may always write, so a stalled reader on one
-        stream never freezes the writers of another.
+        writes take turns in arrival order, and each waits until every reader
+        that is not lossy has room and the mount's cap has room after shedding
+        the data of readers that may lose it. Only the stream's own readers can
+        hold a write back on the cap: one whose readers have no live data
+        queued may always write, so a stalled reader on one stream never
+        freezes the writers of another.
         """
         if self.closed:
             raise StreamClosed(self.name)
@@ -198,18 +200,19 @@ class Stream:
         if self.policy is not SlowReaderPolicy.BLOCK:
             self._deliver(chunk)
             return len(data)
-        self.waiting_writes += 1
+        turn = object()
+        queue = self._write_queue
+        queue.append(turn)
         try:
-            while self._writing:
+            while queue[0] is not turn:
                 await self._park(waiter, self._turn)
-            self._writing = True
-        finally:
-            self.waiting_writes -= 1
-        try:
             await self._wait_for_room(chunk.footprint, waiter)
             self._deliver(chunk)
         finally:
-            self._writing = False
+            if queue[0] is turn:
+                queue.popleft()
+            else:
+                queue.remove(turn)
             if self._turn:
                 self._turn.unpark_all()
         return len(data)
@@ -219,25 +222,24 @@ class Stream:
         while True:
             slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
                         None)
-            if slow is not None:
-                lot = slow._room
-            elif self.held and not budget.has_room(footprint):
+            if slow is None and not budget.has_room(footprint):
                 budget.shed()
-                if budget.has_room(footprint):
-                    return
-                lot = budget.room
-            else:
+                if not budget.has_room(footprint):
+                    # Wait for this stream's reader furthest behind to read on.
+                    slow = max((r for r in self.readers if not r.lossy and r.backlog),
+                               key=lambda reader: reader.backlog, default=None)
+            if slow is None:
                 return
-            self.waiting_writes += 1
-            try:
-                await self._park(waiter, lot)
-            finally:
-                self.waiting_writes -= 1
+            await self._park(waiter, slow._room)
 
     async def _park(self, waiter: Waiter, lot: trio.lowlevel.ParkingLot) -> None:
         if self.closed:
             raise StreamClosed(self.name)
-        await waiter.park(lot)
+        self.waiting_writes += 1
+        try:
+            await waiter.park(lot)
+        finally:
+            self.waiting_writes -= 1
         if self.closed:
             raise StreamClosed(self.name)
 
@@ -341,7 +343,6 @@ class Stream:
         self.readers.clear()
         self.ring.clear()
         self._turn.unpark_all()
-        self.budget.room.unpark_all()
         self.log_drops()
 
     def statistics(self) -> StreamStatistics:

@@ -15,41 +15,38 @@ class Waiter:
     """Where the operations of one open handle wait, so they can be interrupted together.
 
     An operation parks on the ParkingLot of what it waits for (a reader's queue,
-    a reader's room, the memory budget, the writers' turn). Whoever changes that
-    thing unparks the lot, and so does closing the stream; the woken operation
-    checks its condition again and parks again if it still must wait.
+    a reader's room, the writers' turn). Whoever changes that thing unparks the
+    lot, and so does closing the stream; the woken operation checks its
+    condition again and parks again if it still must wait.
 
-    :meth:`interrupt` ends every wait parked at that moment with
-    :class:`Interrupted`. It does nothing while nothing is parked, so it can
-    never end a later wait.
+    :meth:`interrupt` ends the waits parked at that moment with
+    :class:`Interrupted`, and only those: a wait that parks afterwards, even
+    before the interrupted ones have woken, is not affected.
     """
 
-    __slots__ = ("parked", "_lots", "_interrupted")
+    __slots__ = ("_parked",)
 
     def __init__(self) -> None:
-        #: Operations of this handle waiting right now.
-        self.parked = 0
-        self._lots: list[trio.lowlevel.ParkingLot] = []
-        self._interrupted = False
+        # One entry per parked wait: its lot, and whether it was interrupted.
+        self._parked: list[list] = []
+
+    @property
+    def parked(self) -> int:
+        """Operations of this handle waiting right now."""
+        return len(self._parked)
 
     async def park(self, lot: trio.lowlevel.ParkingLot) -> None:
         """Wait until ``lot`` is unparked; raise :class:`Interrupted` if interrupted."""
-        self.parked += 1
-        self._lots.append(lot)
+        entry = [lot, False]
+        self._parked.append(entry)
         try:
             await lot.park()
         finally:
-            self.parked -= 1
-            self._lots.remove(lot)
-            interrupted = self._interrupted
-            if not self.parked:
-                self._interrupted = False
-        if interrupted:
+            self._parked.remove(entry)
+        if entry[1]:
             raise Interrupted
 
     def interrupt(self) -> None:
-        if not self.parked:
-            return
-        self._interrupted = True
-        for lot in self._lots:
-            lot.unpark_all()
+        for entry in self._parked:
+            entry[1] = True
+            entry[0].unpark_all()

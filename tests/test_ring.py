@@ -1,43 +1,164 @@
+"""The ring of history: whole writes, newest kept, small writes coalesced into units."""
+
 import pytest
 
-from streamfs_fuse.ring import RingBuffer
+from streamfs_fuse.chunk import Chunk
+from streamfs_fuse.ring import SMALL_CHUNK, UNIT_SIZE, RingBuffer
 
 
-def test_trims_oldest_chunks_by_bytes():
-    ring = RingBuffer(10)
-    for chunk in (b"aaaa", b"bbbb", b"cc"):
+def make_ring(capacity):
+    evicted = []
+    return RingBuffer(capacity, evicted.append), evicted
+
+
+def payload(ring):
+    return [bytes(chunk.data) for chunk in ring.history()]
+
+
+def test_trims_oldest_writes_by_bytes():
+    # A ring this small has one-byte units: every write is its own unit.
+    ring, _ = make_ring(10)
+    for data in (b"aaaa", b"bbbb", b"cc"):
+        ring.append(Chunk(data))
+    assert payload(ring) == [b"aaaa", b"bbbb", b"cc"] and ring.nbytes == 10
+    ring.append(Chunk(b"d"))
+    assert payload(ring) == [b"bbbb", b"cc", b"d"] and ring.nbytes == 7
+
+
+def test_large_chunks_are_shared_with_readers_not_copied():
+    ring, evicted = make_ring(3 * SMALL_CHUNK)
+    chunks = [Chunk(bytes([i]) * SMALL_CHUNK) for i in range(4)]
+    for chunk in chunks[:3]:
         ring.append(chunk)
-    assert list(ring) == [b"aaaa", b"bbbb", b"cc"] and ring.nbytes == 10
-    ring.append(b"d")
-    assert list(ring) == [b"bbbb", b"cc", b"d"] and ring.nbytes == 7
+    assert ring.history() == chunks[:3] and all(c.in_ring for c in chunks[:3])
+    ring.append(chunks[3])
+    assert ring.history() == chunks[1:]
+    assert evicted == [chunks[0]] and not chunks[0].in_ring
+    assert ring.nbytes == 3 * SMALL_CHUNK and len(ring) == 3
 
 
 def test_counts_bytes_not_chunks():
-    ring = RingBuffer(1000)
+    ring, _ = make_ring(1000)
     for _ in range(1000):
-        ring.append(b"x")
-    assert len(ring) == 1000 and ring.nbytes == 1000
-    ring.append(b"y" * 500)
-    assert ring.nbytes == 1000 and len(ring) == 501
+        ring.append(Chunk(b"x"))
+    assert ring.nbytes == 1000 and b"".join(payload(ring)) == b"x" * 1000
+    # 1000 writes, but a unit per sixteenth of the ring (and an open tail).
+    assert len(ring) <= 17
+    ring.append(Chunk(b"y" * 500))
+    history = b"".join(payload(ring))
+    assert ring.nbytes == len(history) <= 1000
+    assert history.endswith(b"y" * 500) and history.strip(b"x") == b"y" * 500
+    assert len(history) >= 1000 * 15 // 16
 
 
-def test_chunk_larger_than_ring_is_not_kept():
-    ring = RingBuffer(4)
-    ring.append(b"ab")
-    ring.append(b"toolong")
-    assert list(ring) == [] and ring.nbytes == 0
+def test_chunk_larger_than_ring_is_not_kept_and_clears_the_history():
+    # Keeping the older history would leave a gap before the next write.
+    ring, _ = make_ring(4)
+    ring.append(Chunk(b"ab"))
+    ring.append(Chunk(b"toolong"))
+    assert ring.history() == [] and ring.nbytes == 0 and len(ring) == 0
+    big = Chunk(b"z" * (SMALL_CHUNK + 1))
+    ring, evicted = make_ring(SMALL_CHUNK)
+    kept = Chunk(b"k" * SMALL_CHUNK)
+    ring.append(kept)
+    ring.append(big)
+    assert ring.history() == [] and evicted == [kept] and not big.in_ring
 
 
-def test_newest_returns_whole_chunks_that_fit_oldest_first():
-    ring = RingBuffer(100)
-    for chunk in (b"1111", b"22", b"333"):
-        ring.append(chunk)
-    assert ring.newest(100) == [b"1111", b"22", b"333"]
-    assert ring.newest(6) == [b"22", b"333"]
-    assert ring.newest(4) == [b"333"]
-    assert ring.newest(2) == []
+def test_zero_capacity_keeps_nothing():
+    ring, evicted = make_ring(0)
+    for data in (b"a", b"b" * 100, b"c" * SMALL_CHUNK):
+        ring.append(Chunk(data))
+    assert ring.history() == [] and ring.nbytes == 0 and len(ring) == 0 and evicted == []
+
+
+def test_small_writes_come_back_whole_and_in_order():
+    ring, _ = make_ring(1 << 20)
+    writes = [bytes([i % 251]) * (1 + (i * 37) % (SMALL_CHUNK - 1)) for i in range(300)]
+    for data in writes:
+        ring.append(Chunk(data))
+    total = sum(map(len, writes))
+    assert total <= 1 << 20
+    assert b"".join(payload(ring)) == b"".join(writes) and ring.nbytes == total
+    # Coalesced: far fewer units than writes.
+    assert len(ring) < len(writes) // 4
+
+
+def test_eviction_keeps_whole_writes():
+    """History after eviction starts at a write's first byte."""
+    capacity = 5000
+    ring, _ = make_ring(capacity)
+    writes = [b"<%d:" % i + b"." * (i % 97) + b">" for i in range(2000)]
+    for data in writes:
+        ring.append(Chunk(data))
+    history = b"".join(payload(ring))
+    assert len(history) <= capacity
+    assert history.startswith(b"<") and b"".join(writes).endswith(history)
+    assert len(history) >= capacity * 15 // 16 - SMALL_CHUNK
+
+
+def test_history_after_a_million_one_byte_writes():
+    capacity = 64 * 1024
+    ring, _ = make_ring(capacity)
+    written = bytes(i % 251 for i in range(1_000_000))
+    for i in range(len(written)):
+        ring.append(Chunk(written[i:i + 1]))
+    history = b"".join(payload(ring))
+    assert len(history) >= capacity * 15 // 16 and ring.nbytes == len(history) <= capacity
+    assert history == written[-len(history):]
+    assert ring.unit_size == min(UNIT_SIZE, capacity // 16)
+    assert len(ring) <= capacity // ring.unit_size + 1
+
+
+def test_unit_size_is_a_sixteenth_of_the_ring_up_to_unit_size():
+    assert make_ring(1 << 30)[0].unit_size == UNIT_SIZE
+    assert make_ring(160_000)[0].unit_size == 10_000
+    assert make_ring(5)[0].unit_size == 1
+
+
+def test_small_open_tail_is_given_as_a_private_copy():
+    ring, _ = make_ring(1 << 20)
+    ring.append(Chunk(b"abc"))
+    (tail,) = ring.history()
+    assert tail.data == b"abc" and not tail.in_ring and tail.refs == 0
+    ring.append(Chunk(b"def"))
+    assert tail.data == b"abc"
+    assert b"".join(payload(ring)) == b"abcdef"
+
+
+def test_open_tail_of_small_chunk_size_or_more_is_closed_and_shared():
+    ring, _ = make_ring(1 << 20)
+    for _ in range(SMALL_CHUNK // 1000 + 1):
+        ring.append(Chunk(b"q" * 1000))
+    (unit,) = ring.history()
+    assert unit.in_ring and ring.history() == [unit]
+    ring.append(Chunk(b"r"))
+    history = ring.history()
+    assert history[0] is unit and history[1].data == b"r"
+
+
+def test_a_large_chunk_closes_the_open_unit_and_keeps_order():
+    ring, _ = make_ring(1 << 20)
+    big = Chunk(b"B" * SMALL_CHUNK)
+    ring.append(Chunk(b"s1"))
+    ring.append(big)
+    ring.append(Chunk(b"s2"))
+    history = ring.history()
+    assert [bytes(c.data) for c in history] == [b"s1", big.data, b"s2"]
+    assert history[1] is big and history[0].in_ring
+
+
+def test_clear_evicts_everything():
+    ring, evicted = make_ring(1 << 20)
+    big = Chunk(b"B" * SMALL_CHUNK)
+    ring.append(Chunk(b"small"))
+    ring.append(big)
+    ring.append(Chunk(b"tail"))
+    ring.clear()
+    assert ring.history() == [] and ring.nbytes == 0 and len(ring) == 0
+    assert big in evicted and not big.in_ring
 
 
 def test_negative_capacity_is_refused():
     with pytest.raises(ValueError):
-        RingBuffer(-1)
+        make_ring(-1)
