@@ -16,6 +16,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import stat
 import enum
 import time
@@ -99,6 +100,8 @@ class Handle:
     waiter: Waiter
     #: The process that opened the handle.
     pid: int
+    #: The kernel's handle for the last poll(2) that found nothing ready.
+    poll_handle: pyfuse3.PollHandle | None = None
 
 
 class StreamFS(pyfuse3.Operations):
@@ -444,6 +447,35 @@ class StreamFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINTR) from None
         handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
+
+    async def poll(self, inode, fh, poll_handle, ctx):
+        handle = self._handles[fh]
+        reader, writer = handle.reader, handle.writer
+        events = 0
+        if reader is not None:
+            if reader.readable:
+                events |= select.POLLIN | select.POLLRDNORM
+            elif poll_handle is not None:
+                reader.notify_when_readable(lambda: self._poll_ready(handle))
+        if writer is not None:
+            if writer.stream.writable():
+                events |= select.POLLOUT | select.POLLWRNORM
+            elif poll_handle is not None:
+                writer.notify_when_writable(lambda: self._poll_ready(handle))
+        if poll_handle is not None:
+            handle.poll_handle = poll_handle
+        return events
+
+    @staticmethod
+    def _poll_ready(handle: Handle) -> None:
+        """Wake the handle's pollers, which then poll again."""
+        poll_handle, handle.poll_handle = handle.poll_handle, None
+        if poll_handle is not None:
+            try:
+                poll_handle.notify()
+            except OSError as e:
+                # The kernel no longer waits on it (the poller went away).
+                log.debug("poll notification failed: %s", e)
 
     async def flush(self, fh):
         # Nothing is buffered. ENOSYS tells the kernel to stop sending flushes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -75,6 +76,27 @@ class Reader:
         self._room = trio.lowlevel.ParkingLot()
         # Reads waiting for the next chunk.
         self._arrival = trio.lowlevel.ParkingLot()
+        # Called once when the reader next becomes readable (poll(2) support).
+        self._on_readable: Callable[[], None] | None = None
+
+    @property
+    def readable(self) -> bool:
+        """Whether a read would return at once: data is queued, or EOF, or it would fail."""
+        return bool(self.pending) or self.ended
+
+    def notify_when_readable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the reader next becomes readable.
+
+        Replaces any callback set before; the caller checks :attr:`readable` first.
+        """
+        self._on_readable = callback
+
+    def _readable_now(self) -> None:
+        if self._arrival:
+            self._arrival.unpark_all()
+        if self._on_readable is not None:
+            callback, self._on_readable = self._on_readable, None
+            callback()
 
     # -- the stream's side ------------------------------------------------
 
@@ -98,15 +120,18 @@ class Reader:
         chunk.refs += 1
         self._send.send_nowait(chunk)
         self.pending += len(chunk.data)
+        # _readable_now(), inlined: this runs per chunk per reader.
         if self._arrival:
             self._arrival.unpark_all()
+        if self._on_readable is not None:
+            self._readable_now()
 
     def end(self) -> None:
         """No more chunks will come: read() drains the queue, then returns EOF."""
         self.ended = True
         self._send.close()
         self._room.unpark_all()
-        self._arrival.unpark_all()
+        self._readable_now()
 
     def disconnect(self) -> None:
         """Cut the reader off: its queue is discarded and read() fails from now on."""
@@ -222,10 +247,13 @@ class Reader:
         else:
             self.backlog -= chunk.footprint
         chunk.refs -= 1
+        stream = self.stream
         if not chunk.refs and not chunk.in_ring:
-            self.stream.release(chunk.footprint)
+            stream.release(chunk.footprint)
         if self._room:
             self._room.unpark_all()
+        if stream.writable_watchers:
+            stream.notify_writable()
 
     def _check_connected(self) -> None:
         if self.disconnected:

@@ -7,6 +7,7 @@ import itertools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import trio
@@ -93,10 +94,18 @@ class Writer:
         """Append ``data`` as one chunk; see :meth:`Stream.write`."""
         return await self.stream.write(data, self.waiter)
 
+    def notify_when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when a write would next not wait (poll(2) support).
+
+        Replaces any callback set before; the caller checks :meth:`Stream.writable` first.
+        """
+        self.stream.writable_watchers[self] = callback
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.stream.writers -= 1
+            self.stream.writable_watchers.pop(self, None)
 
 
 class Stream:
@@ -137,6 +146,8 @@ class Stream:
         # order they arrived: the head of this queue is the one whose turn it is.
         self._write_queue: deque[object] = deque()
         self._turn = trio.lowlevel.ParkingLot()
+        #: Callbacks of writers polling for room, called once it comes.
+        self.writable_watchers: dict[Writer, Callable[[], None]] = {}
 
     @property
     def policy(self) -> SlowReaderPolicy:
@@ -144,6 +155,22 @@ class Stream:
 
     def set_policy(self, policy: SlowReaderPolicy) -> None:
         self.settings = replace(self.settings, slow_reader=policy)
+        self.notify_writable()
+
+    def writable(self) -> bool:
+        """Whether a write would be answered at once (or fail at once, once closed)."""
+        if self.closed or self.policy is not SlowReaderPolicy.BLOCK:
+            return True
+        return not self._write_queue and all(
+            r.lossy or r.backlog < r.capacity for r in self.readers)
+
+    def notify_writable(self) -> None:
+        """Call the writable callbacks if a write would no longer wait."""
+        if self.writable_watchers and self.writable():
+            callbacks = list(self.writable_watchers.values())
+            self.writable_watchers.clear()
+            for callback in callbacks:
+                callback()
 
     def sheddable(self, reader: Reader) -> bool:
         """Whether the memory cap may take ``reader``'s data rather than make writers wait."""
@@ -174,6 +201,7 @@ class Stream:
             self.readers.remove(reader)
         except ValueError:
             pass
+        self.notify_writable()
 
     def open_writer(self, waiter: Waiter | None = None) -> Writer:
         self.writers += 1
@@ -215,12 +243,13 @@ class Stream:
                 queue.remove(turn)
             if self._turn:
                 self._turn.unpark_all()
+            self.notify_writable()
         return len(data)
 
     async def _wait_for_room(self, footprint: int, waiter: Waiter) -> None:
         budget = self.budget
         while True:
-            slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
+            slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint - 128)),
                         None)
             if slow is None and not budget.has_room(footprint):
                 budget.shed()
@@ -343,6 +372,7 @@ class Stream:
         self.readers.clear()
         self.ring.clear()
         self._turn.unpark_all()
+        self.notify_writable()
         self.log_drops()
 
     def statistics(self) -> StreamStatistics:
