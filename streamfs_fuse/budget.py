@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .reader import Reader
 
-__all__ = ["MemoryBudget"]
+__all__ = ["MemoryBudget", "physical_memory"]
+
+
+def physical_memory() -> int:
+    """The machine's memory, in bytes: no cap or buffer can usefully be larger."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class MemoryBudget:

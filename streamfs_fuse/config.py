@@ -7,7 +7,6 @@ says what is wrong and where.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -17,6 +16,7 @@ from typing import Any
 import humanfriendly
 from humanfriendly.text import tokenize
 
+from .budget import physical_memory
 from .stream import SlowReaderPolicy, StreamSettings
 
 __all__ = ["ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
@@ -48,10 +48,6 @@ class MountConfig:
     foreground: bool = False
     debug: bool = False
     verbosity: int = 0
-
-
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_size(value: Any, what: str, *, minimum: int) -> int:

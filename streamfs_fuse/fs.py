@@ -5,20 +5,24 @@ This layer only maps FUSE requests onto the stream core (``stream.py``,
 inode table with the kernel's lookup counts, and one handle per open().
 
 Caveats:
-- Files are opened ``direct_io`` and ``nonseekable``: no page cache, the
-  offset of reads and writes is ignored, lseek fails with ESPIPE.
+- Files are opened ``direct_io``: no page cache, so every read and write
+  reaches the daemon. A stream is a file that grows: its size is every byte
+  ever written, and the ring's bytes can be read at their offsets (see read()).
+- pyfuse3 passes no open flags with a read, so a program that clears
+  O_NONBLOCK with fcntl is not seen doing so (see read()).
 - Hard links, symlinks, FIFOs and device nodes are refused with EPERM.
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
 import errno
 import itertools
 import logging
 import os
 import select
 import stat
-import enum
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
@@ -26,7 +30,7 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from .budget import MemoryBudget
+from .budget import MemoryBudget, physical_memory
 from .interrupts import SignalWatch
 from .reader import Reader, ReaderDisconnected
 from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings, Writer
@@ -73,6 +77,8 @@ class Node:
     lookups: int = 0
     open_count: int = 0
     linked: bool = True
+    #: Where the node is in its directory's listing (readdir's offsets).
+    offset: int = 0
 
     def __post_init__(self) -> None:
         self.mtime_ns = self.ctime_ns = self.atime_ns
@@ -80,7 +86,11 @@ class Node:
 
 @dataclass(eq=False)
 class Directory(Node):
+    #: In the order they were linked, which is the order of their offsets.
     entries: dict[bytes, Node] = field(default_factory=dict)
+    subdirs: int = 0
+    #: Offsets 1 and 2 are "." and "..".
+    next_offset: int = 3
 
 
 @dataclass(eq=False)
@@ -100,8 +110,21 @@ class Handle:
     waiter: Waiter
     #: The process that opened the handle.
     pid: int
+    #: The file offset the kernel will give the next read if nobody seeks.
+    position: int = 0
     #: The kernel's handle for the last poll(2) that found nothing ready.
     poll_handle: pyfuse3.PollHandle | None = None
+    #: Whether the handle was ever polled; see :meth:`StreamFS.read`.
+    polled: bool = False
+
+
+@dataclass(eq=False)
+class Listing:
+    """One opendir(): the directory, and a snapshot of it for readdir."""
+
+    directory: Directory
+    entries: list[Node] | None = None
+    offsets: list[int] = field(default_factory=list)
 
 
 class StreamFS(pyfuse3.Operations):
@@ -123,6 +146,7 @@ class StreamFS(pyfuse3.Operations):
         # Inode numbers are never reused: the kernel may still hold an old one.
         self._inodes = itertools.count(pyfuse3.ROOT_INODE + 1)
         self._handles: dict[int, Handle] = {}
+        self._listings: dict[int, Listing] = {}
         self._fhs = itertools.count(1)
         self.signals = SignalWatch()
         self.budget = MemoryBudget(settings.max_memory)
@@ -157,8 +181,7 @@ class StreamFS(pyfuse3.Operations):
         attrs.st_ctime_ns = node.ctime_ns
         attrs.st_mtime_ns = node.mtime_ns
         if isinstance(node, Directory):
-            subdirs = sum(isinstance(n, Directory) for n in node.entries.values())
-            attrs.st_nlink = 2 + subdirs
+            attrs.st_nlink = 2 + node.subdirs
             attrs.st_size = 0
             attrs.st_blocks = 0
         else:
@@ -203,11 +226,20 @@ class StreamFS(pyfuse3.Operations):
 
     def _link(self, parent: Directory, name: bytes, node: Node) -> None:
         parent.entries[name] = node
+        node.offset = parent.next_offset
+        parent.next_offset += 1
+        parent.subdirs += isinstance(node, Directory)
         self.nodes[node.inode] = node
         parent.mtime_ns = parent.ctime_ns = time.time_ns()
 
-    def _unlink_node(self, parent: Directory, name: bytes) -> None:
+    @staticmethod
+    def _detach(parent: Directory, name: bytes) -> Node:
         node = parent.entries.pop(name)
+        parent.subdirs -= isinstance(node, Directory)
+        return node
+
+    def _unlink_node(self, parent: Directory, name: bytes) -> None:
+        node = self._detach(parent, name)
         node.linked = False
         node.ctime_ns = parent.mtime_ns = parent.ctime_ns = time.time_ns()
         if isinstance(node, StreamFile):
@@ -332,18 +364,21 @@ class StreamFS(pyfuse3.Operations):
             elif isinstance(node, Directory):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             self._unlink_node(new_parent, name_new)
-        del old_parent.entries[name_old]
+        self._detach(old_parent, name_old)
         node.parent, node.name = new_parent, name_new
         self._link(new_parent, name_new, node)
         old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = time.time_ns()
         self._rename_streams(node)
 
-    def _rename_streams(self, node: Node) -> None:
-        if isinstance(node, StreamFile):
-            node.stream.name = self._path(node)
-        elif isinstance(node, Directory):
-            for child in node.entries.values():
-                self._rename_streams(child)
+    def _rename_streams(self, top: Node) -> None:
+        """Give every stream under ``top`` its new path (a loop: trees may be deep)."""
+        pending = [top]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, StreamFile):
+                node.stream.name = self._path(node)
+            elif isinstance(node, Directory):
+                pending.extend(node.entries.values())
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EPERM)
@@ -357,33 +392,50 @@ class StreamFS(pyfuse3.Operations):
     # -- directories -----------------------------------------------------
 
     async def opendir(self, inode, ctx):
-        self._directory(inode)
-        return inode
+        fh = next(self._fhs)
+        self._listings[fh] = Listing(self._directory(inode))
+        return fh
 
     async def readdir(self, fh, start_id, token):
-        directory = self._directory(fh)
-        # Offsets are inode numbers, which only grow: entries added or removed
-        # during a listing never make others appear twice or go missing.
-        for node in sorted(directory.entries.values(), key=lambda n: n.inode):
-            if node.inode <= start_id:
-                continue
-            if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), node.inode):
+        listing = self._listings[fh]
+        directory = listing.directory
+        if start_id == 0 or listing.entries is None:
+            # One snapshot per listing, in offset order, so that each later
+            # batch starts with a binary search: cost does not grow with the
+            # directory. Offsets only grow, so entries linked or unlinked
+            # meanwhile never make others appear twice or go missing.
+            listing.entries = list(directory.entries.values())
+            listing.offsets = [node.offset for node in listing.entries]
+        if start_id < 1 and not pyfuse3.readdir_reply(
+                token, b".", self._attributes(directory), 1):
+            return
+        if start_id < 2 and not pyfuse3.readdir_reply(
+                token, b"..", self._attributes(directory.parent or directory), 2):
+            return
+        for node in itertools.islice(listing.entries,
+                                     bisect.bisect_right(listing.offsets, start_id), None):
+            if node.parent is not directory or directory.entries.get(node.name) is not node:
+                continue  # unlinked or moved since the snapshot
+            if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), node.offset):
                 break
             node.lookups += 1
 
     async def releasedir(self, fh):
-        pass
+        del self._listings[fh]
 
     async def statfs(self, ctx):
+        """The memory streams may use as the size, what they hold as used."""
         result = pyfuse3.StatvfsData()
-        result.f_bsize = result.f_frsize = 512
-        result.f_blocks = sum(
-            (n.stream.ring.nbytes + 511) // 512
-            for n in self.nodes.values() if isinstance(n, StreamFile)
-        )
-        result.f_bfree = result.f_bavail = 0
-        result.f_files = len(self.nodes)
-        result.f_ffree = result.f_favail = 2**32
+        result.f_bsize = result.f_frsize = 4096
+        total = self.settings.max_memory or physical_memory()
+        held = self.budget.used + sum(
+            node.stream.ring.nbytes for node in self.nodes.values()
+            if isinstance(node, StreamFile))
+        result.f_blocks = total // 4096
+        result.f_bfree = result.f_bavail = max(0, total - held) // 4096
+        free_inodes = 2**32
+        result.f_files = len(self.nodes) + free_inodes
+        result.f_ffree = result.f_favail = free_inodes
         result.f_namemax = NAME_MAX
         return result
 
@@ -424,18 +476,37 @@ class StreamFS(pyfuse3.Operations):
         self.signals.opened(ctx.pid, waiter)
         if reader is not None:
             log.debug("stream %r: reader %d opened by pid %d", stream.name, reader.id, ctx.pid)
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def read(self, fh, off, size):
+        """Read on from where the handle is, or from ``off`` after a seek.
+
+        A read at the offset where the handle's last read or write ended goes
+        on with the handle's stream: the history it was given, then live data,
+        waiting at the end. So ``cat`` from offset 0 starts at the ring's
+        oldest byte. A read at any other offset (after lseek, or pread) first
+        moves the handle to that offset of the stream, within the ring; that is
+        how ``tail`` and ``head`` find lines near the end.
+
+        An O_NONBLOCK handle gets EAGAIN when nothing is queued only once it
+        has been polled. Event loops poll before they read; mpv and others open
+        with O_NONBLOCK and clear it with fcntl, which the daemon never learns,
+        and must get the waiting reads of a regular file.
+        """
         handle = self._handles[fh]
+        reader = handle.reader
+        if off != handle.position:
+            reader.seek(off)
         try:
-            return await handle.reader.read(size, nonblocking=handle.nonblocking)
+            data = await reader.read(size, nonblocking=handle.nonblocking and handle.polled)
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
         except Interrupted:
             raise pyfuse3.FUSEError(errno.EINTR) from None
         except ReaderDisconnected:
             raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
+        handle.position = off + len(data)
+        return data
 
     async def write(self, fh, off, buf):
         handle = self._handles[fh]
@@ -445,6 +516,7 @@ class StreamFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPIPE) from None
         except Interrupted:
             raise pyfuse3.FUSEError(errno.EINTR) from None
+        handle.position = off + written  # the handle's reads share its file offset
         handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
 
@@ -464,6 +536,7 @@ class StreamFS(pyfuse3.Operations):
                 writer.notify_when_writable(lambda: self._poll_ready(handle))
         if poll_handle is not None:
             handle.poll_handle = poll_handle
+        handle.polled = True
         return events
 
     @staticmethod

@@ -159,6 +159,26 @@ class Reader:
         self._done(chunk)
         return size
 
+    def seek(self, offset: int) -> None:
+        """Read on from stream offset ``offset``, in the ring's history or at the end.
+
+        The queue is replaced by the ring's history from ``offset`` on: from its
+        oldest byte if ``offset`` is older, and nothing (the next live chunk)
+        if ``offset`` is at or past the end. Nothing is dropped or counted.
+        """
+        self._discard_queue()
+        if self.ended:
+            return
+        for chunk in self.stream.ring.history():
+            if chunk.offset + len(chunk.data) > offset:
+                self.seed(chunk)
+        if self._history:
+            first = self._receive.receive_nowait()
+            self._start(first)
+            skip = max(0, offset - first.offset)
+            self._offset = skip
+            self.pending -= skip
+
     # -- the reading side -------------------------------------------------
 
     async def read(self, size: int, *, nonblocking: bool = False) -> bytes | memoryview:

@@ -33,7 +33,7 @@ class RingBuffer:
     ``evicted`` is called with each shared chunk that leaves the ring.
     """
 
-    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_tail", "_evicted")
+    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_tail", "_tail_offset", "_evicted")
 
     def __init__(self, capacity: int, evicted: Callable[[Chunk], None]) -> None:
         if capacity < 0:
@@ -43,6 +43,7 @@ class RingBuffer:
         self.unit_size = max(1, min(UNIT_SIZE, capacity // 16))
         self._units: deque[Chunk] = deque()
         self._tail = bytearray()
+        self._tail_offset = 0
         self._evicted = evicted
 
     def append(self, chunk: Chunk) -> None:
@@ -55,6 +56,8 @@ class RingBuffer:
             self._evict_oldest()
         self.nbytes += size
         if size < SMALL_CHUNK:
+            if not self._tail:
+                self._tail_offset = chunk.offset
             self._tail += data
             if len(self._tail) >= self.unit_size:
                 self._close_tail()
@@ -72,7 +75,7 @@ class RingBuffer:
         if len(self._tail) >= SMALL_CHUNK:
             self._close_tail()
         if self._tail:
-            return [*self._units, Chunk(bytes(self._tail))]
+            return [*self._units, Chunk(bytes(self._tail), self._tail_offset)]
         return list(self._units)
 
     def clear(self) -> None:
@@ -83,7 +86,7 @@ class RingBuffer:
 
     def _close_tail(self) -> None:
         if self._tail:
-            unit = Chunk(bytes(self._tail))
+            unit = Chunk(bytes(self._tail), self._tail_offset)
             unit.in_ring = True
             self._units.append(unit)
             self._tail.clear()

@@ -224,7 +224,7 @@ class Stream:
             raise StreamClosed(self.name)
         if not data:
             return 0
-        chunk = Chunk(data)
+        chunk = Chunk(data, self.bytes_written)
         if self.policy is not SlowReaderPolicy.BLOCK:
             self._deliver(chunk)
             return len(data)
@@ -273,6 +273,7 @@ class Stream:
             raise StreamClosed(self.name)
 
     def _deliver(self, chunk: Chunk) -> None:
+        chunk.offset = self.bytes_written  # a block write may have waited for its turn
         size = len(chunk.data)
         footprint = chunk.footprint
         self.bytes_written += size

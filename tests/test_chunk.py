@@ -40,6 +40,6 @@ async def test_one_byte_chunks_queued_for_a_reader_cost_at_most_their_footprint(
 
 
 def test_footprint_is_payload_plus_overhead():
-    assert Chunk(b"abc").footprint == 3 + CHUNK_OVERHEAD
-    chunk = Chunk(b"")
+    assert Chunk(b"abc", 0).footprint == 3 + CHUNK_OVERHEAD
+    chunk = Chunk(b"", 0)
     assert (chunk.footprint, chunk.refs, chunk.in_ring) == (CHUNK_OVERHEAD, 0, False)

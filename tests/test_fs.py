@@ -7,6 +7,7 @@ errno of each FUSEError.
 
 import errno
 import os
+import select
 import stat
 from types import SimpleNamespace
 
@@ -79,13 +80,34 @@ async def test_unlink_gives_readers_eof_and_writers_epipe():
     assert fuse_errno(raised) == errno.ENOENT
 
 
-async def test_nonblocking_read_of_an_empty_stream_is_eagain():
+async def test_nonblocking_read_of_an_empty_stream_is_eagain_once_polled():
     fs = make_fs()
-    _, inode = await create(fs, b"live")
+    wfh, inode = await create(fs, b"live")
     fh = await open_(fs, inode, os.O_RDONLY | os.O_NONBLOCK)
+    with trio.move_on_after(0) as waited:  # not polled yet: the read waits
+        await fs.read(fh, 0, 100)
+    assert waited.cancelled_caught
+    assert await fs.poll(inode, fh, None, ctx()) == 0
     with pytest.raises(pyfuse3.FUSEError) as raised:
         await fs.read(fh, 0, 100)
     assert fuse_errno(raised) == errno.EAGAIN
+    await fs.write(wfh, 0, b"x")
+    assert await fs.poll(inode, fh, None, ctx()) & select.POLLIN
+    assert bytes(await fs.read(fh, 0, 100)) == b"x"
+
+
+async def test_reads_at_other_offsets_read_the_ring_there():
+    fs = make_fs()
+    wfh, inode = await create(fs, b"log")
+    for line in (b"one\n", b"two\n", b"three\n"):
+        await fs.write(wfh, 0, line)
+    fh = await open_(fs, inode, os.O_RDONLY)
+    assert bytes(await fs.read(fh, 4, 4)) == b"two\n"  # pread, or lseek then read
+    assert bytes(await fs.read(fh, 8, 100)) == b"three\n"  # and on from there
+    assert bytes(await fs.read(fh, 0, 3)) == b"one"  # back again
+    with trio.move_on_after(0) as waited:  # at the end: wait for live data
+        await fs.read(fh, 14, 100)
+    assert waited.cancelled_caught
 
 
 async def test_an_interrupted_wait_is_eintr_and_loses_nothing():
@@ -207,8 +229,15 @@ async def test_readdir_lists_entries_once_each(monkeypatch):
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
     fh = await fs.opendir(ROOT, ctx())
     await fs.readdir(fh, 0, None)
-    assert len(listed) == 2
+    assert [name for name, _ in listed] == [b".", b".."]
+    # Changes during a listing: none listed twice or skipped.
     await fs.create(ROOT, b"new", 0o644, os.O_WRONLY, ctx())
+    await fs.unlink(ROOT, b"s4", ctx())
     room[0] = 100
     await fs.readdir(fh, listed[-1][1], None)
-    assert [name for name, _ in listed] == [b"s%d" % i for i in range(5)] + [b"new"]
+    assert [name for name, _ in listed] == [b".", b".."] + [b"s%d" % i for i in range(4)]
+    await fs.releasedir(fh)
+    listed.clear()
+    fh = await fs.opendir(ROOT, ctx())
+    await fs.readdir(fh, 0, None)
+    assert [name for name, _ in listed][2:] == [b"s0", b"s1", b"s2", b"s3", b"new"]
