@@ -18,6 +18,8 @@ from __future__ import annotations
 import bisect
 import enum
 import errno
+import functools
+import inspect
 import itertools
 import logging
 import os
@@ -127,6 +129,47 @@ class Listing:
     offsets: list[int] = field(default_factory=list)
 
 
+#: Unexpected failures already logged, by operation and exception type.
+_logged_failures: set[tuple[str, type]] = set()
+
+
+def failed(operation: str, error: Exception) -> pyfuse3.FUSEError:
+    """An operation failed unexpectedly: log it once, with its traceback, and answer EIO.
+
+    pyfuse3 ends the whole mount when a handler raises anything but
+    FUSEError, which would take every stream of every user with it.
+    """
+    key = (operation, type(error))
+    if key not in _logged_failures:
+        _logged_failures.add(key)
+        log.error("%s failed (answered EIO; further such failures are not logged)",
+                  operation, exc_info=error)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def answers_eio(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
+    """Make every request handler of ``cls`` answer EIO rather than raise anything unexpected."""
+    def wrap(name, method):
+        @functools.wraps(method)
+        async def handler(self, *args):
+            try:
+                return await method(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as e:
+                error = failed(name, e)
+                if name != "forget":  # which may not raise at all
+                    raise error from None
+        return handler
+
+    for name, method in list(vars(cls).items()):
+        if (name not in ("read", "write") and inspect.iscoroutinefunction(method)
+                and hasattr(pyfuse3.Operations, name)):
+            setattr(cls, name, wrap(name, method))
+    return cls
+
+
+@answers_eio
 class StreamFS(pyfuse3.Operations):
     """A tree of directories whose files are live streams."""
 
@@ -493,11 +536,11 @@ class StreamFS(pyfuse3.Operations):
         with O_NONBLOCK and clear it with fcntl, which the daemon never learns,
         and must get the waiting reads of a regular file.
         """
-        handle = self._handles[fh]
-        reader = handle.reader
-        if off != handle.position:
-            reader.seek(off)
         try:
+            handle = self._handles[fh]
+            reader = handle.reader
+            if off != handle.position:
+                reader.seek(off)
             data = await reader.read(size, nonblocking=handle.nonblocking and handle.polled)
         except trio.WouldBlock:
             raise pyfuse3.FUSEError(errno.EAGAIN) from None
@@ -505,17 +548,21 @@ class StreamFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINTR) from None
         except ReaderDisconnected:
             raise pyfuse3.FUSEError(READER_DISCONNECTED_ERRNO) from None
+        except Exception as e:  # read is not wrapped by answers_eio: it runs per chunk
+            raise failed("read", e) from None
         handle.position = off + len(data)
         return data
 
     async def write(self, fh, off, buf):
-        handle = self._handles[fh]
         try:
+            handle = self._handles[fh]
             written = await handle.writer.write(buf)
         except StreamClosed:
             raise pyfuse3.FUSEError(errno.EPIPE) from None
         except Interrupted:
             raise pyfuse3.FUSEError(errno.EINTR) from None
+        except Exception as e:  # nor is write
+            raise failed("write", e) from None
         handle.position = off + written  # the handle's reads share its file offset
         handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written

@@ -241,3 +241,22 @@ async def test_readdir_lists_entries_once_each(monkeypatch):
     fh = await fs.opendir(ROOT, ctx())
     await fs.readdir(fh, 0, None)
     assert [name for name, _ in listed][2:] == [b"s0", b"s1", b"s2", b"s3", b"new"]
+
+
+async def test_an_unexpected_failure_is_eio_and_logged_once(caplog):
+    fs = make_fs()
+    _, inode = await create(fs, b"live")
+
+    def broken(node):
+        raise RuntimeError("a bug")
+
+    fs._attributes = fs._maybe_free = broken
+    for _ in range(3):
+        with pytest.raises(pyfuse3.FUSEError) as raised:
+            await fs.getattr(inode, ctx())
+        assert fuse_errno(raised) == errno.EIO
+    await fs.forget([(inode, 1)])  # forget may not raise, even EIO
+    assert [r.message for r in caplog.records].count(
+        "getattr failed (answered EIO; further such failures are not logged)") == 1
+    del fs._attributes, fs._maybe_free
+    assert (await fs.getattr(inode, ctx())).st_ino == inode
