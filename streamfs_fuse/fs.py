@@ -514,9 +514,9 @@ class StreamFS(pyfuse3.Operations):
         writer = stream.open_writer(waiter) if writable else None
         node.open_count += 1
         fh = next(self._fhs)
+        pid = self.signals.opened(ctx.pid, waiter)
         self._handles[fh] = Handle(node, reader, writer, bool(flags & os.O_NONBLOCK), waiter,
-                                   ctx.pid)
-        self.signals.opened(ctx.pid, waiter)
+                                   pid)
         if reader is not None:
             log.debug("stream %r: reader %d opened by pid %d", stream.name, reader.id, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)

@@ -13,6 +13,13 @@ Signals whose default action is to do nothing (SIGCHLD, SIGWINCH, SIGURG,
 SIGCONT) and the stop signals never interrupt a read: a program that handles
 them, usually with SA_RESTART, would see a spurious EINTR, and a stopped
 reader should resume its read when continued.
+
+The process watched is the thread group of the thread that opened the file,
+so a read by any of its threads can be ended, even after the opener exited.
+What cannot be seen: a signal that another thread of the reader's process
+handles at once (gst-launch and others run their handlers on a thread of
+their own) leaves nothing pending, so such a read ends only with data, rm,
+unmount or a signal that kills the process.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+
 import trio
 
 from .wait import Waiter
@@ -58,13 +66,20 @@ class _Process:
         self._status_fd: int | None = None
 
     def signalled(self) -> bool:
-        """Whether a signal is pending that should end the process's read."""
+        """Whether a signal is pending that should end the process's read, or it is exiting.
+
+        A process that was killed while one of its threads waits here has a
+        main thread that is already a zombie, with nothing pending any more.
+        """
         try:
             if self._status_fd is None:
                 self._status_fd = os.open(f"/proc/{self.pid}/status", os.O_RDONLY)
             status = os.pread(self._status_fd, 4096, 0)
         except OSError:
             return False  # gone, or no file descriptors left: nothing to tell
+        state = status.find(b"\nState:\t")
+        if state >= 0 and status[state + 8:state + 9] in (b"Z", b"X"):
+            return True
         pending = _field(status, b"\nSigPnd:") | _field(status, b"\nShdPnd:")
         return bool(pending & ~_field(status, b"\nSigBlk:") & ~HARMLESS)
 
@@ -74,13 +89,22 @@ class _Process:
             self._status_fd = None
 
 
-def _field(status: bytes, name: bytes) -> int:
+def _process_of(tid: int) -> int:
+    """The process (thread group) of thread ``tid``; FUSE names the thread."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            return int(_field(f.read(), b"\nTgid:", 10)) or tid
+    except (OSError, ValueError):
+        return tid
+
+
+def _field(status: bytes, name: bytes, base: int = 16) -> int:
     start = status.find(name)
     if start < 0:
         return 0
     start += len(name)
     end = status.find(b"\n", start)
-    return int(status[start:end], 16)
+    return int(status[start:end], base)
 
 
 class SignalWatch:
@@ -89,12 +113,19 @@ class SignalWatch:
     def __init__(self) -> None:
         self._processes: dict[int, _Process] = {}
 
-    def opened(self, pid: int, waiter: Waiter) -> None:
-        """``pid`` opened a handle whose operations wait through ``waiter``."""
+    def opened(self, tid: int, waiter: Waiter) -> int:
+        """Thread ``tid`` opened a handle whose operations wait through ``waiter``.
+
+        Return the process to pass to :meth:`released`. The whole process is
+        watched, not the thread: any of its threads may read the descriptor,
+        and the one that opened it may be gone by then.
+        """
+        pid = _process_of(tid)
         process = self._processes.get(pid)
         if process is None:
             process = self._processes[pid] = _Process(pid)
         process.waiters.add(waiter)
+        return pid
 
     def released(self, pid: int, waiter: Waiter) -> None:
         process = self._processes[pid]

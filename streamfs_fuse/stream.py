@@ -249,7 +249,7 @@ class Stream:
     async def _wait_for_room(self, footprint: int, waiter: Waiter) -> None:
         budget = self.budget
         while True:
-            slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint - 128)),
+            slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
                         None)
             if slow is None and not budget.has_room(footprint):
                 budget.shed()

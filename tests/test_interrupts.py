@@ -128,3 +128,29 @@ def test_sigint_stops_a_writer_blocked_by_a_full_reader(mount_with):
         assert os.read(reader, 1 << 20) == bytes(queued)
     finally:
         os.close(reader)
+
+
+# Opens the stream in a thread that then exits, and reads it from another:
+# FUSE names the opening thread, which is gone by the time of the read.
+THREADED_READER = """
+import os, sys, threading
+fds = []
+opener = threading.Thread(target=lambda: fds.append(os.open(sys.argv[1], os.O_RDONLY)))
+opener.start()
+opener.join()
+reader = threading.Thread(target=os.read, args=(fds[0], 10))
+reader.start()
+print("reading", flush=True)
+reader.join()
+"""
+
+
+def test_a_read_in_another_thread_than_the_opener_can_be_stopped(mnt):
+    path = mnt / "idle"
+    path.touch()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        reader = mnt.spawn([sys.executable, "-c", THREADED_READER, str(path)], text=True)
+        assert reader.stdout.readline() == "reading\n"
+        wait_parked(path)
+        reader.send_signal(sig)
+        assert reader.wait(timeout=3) == -sig
