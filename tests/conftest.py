@@ -9,9 +9,11 @@ is lazily unmounted.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,3 +136,35 @@ def mount_with(tmp_path):
 def mnt(mount_with) -> Mount:
     """A mount with the default settings."""
     return mount_with()
+
+
+@pytest.fixture
+def unprivileged_user():
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root")
+    name = "streamfs-test"
+    created = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
+                       check=True)
+        created = True
+    yield name
+    if created:
+        subprocess.run(["userdel", name], check=False)
+
+
+def as_user(user, *command, **kwargs):
+    return subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                           *map(str, command)], capture_output=True, text=True, timeout=20,
+                          **kwargs)
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A directory other users can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="streamfs-perm-"))
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)

@@ -1,6 +1,5 @@
 """Live video through the mount with the real ffmpeg, as users run it."""
 
-import os
 import re
 import shutil
 import signal

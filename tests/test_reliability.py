@@ -7,13 +7,10 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import wait_parked, wait_until, xattr
+from conftest import as_user, wait_parked, wait_until, xattr
 
 
 
@@ -229,38 +226,6 @@ def test_odd_names_and_sizes_break_nothing_for_other_streams(mnt):
 
 
 # -- permissions ----------------------------------------------------------------
-
-@pytest.fixture
-def unprivileged_user():
-    if os.geteuid() != 0:
-        pytest.skip("creating a user needs root")
-    name = "streamfs-test"
-    created = False
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
-                       check=True)
-        created = True
-    yield name
-    if created:
-        subprocess.run(["userdel", name], check=False)
-
-
-def as_user(user, *command, **kwargs):
-    return subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                           *map(str, command)], capture_output=True, text=True, timeout=20,
-                          **kwargs)
-
-
-@pytest.fixture
-def world_readable_dir():
-    """A directory other users can traverse (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="streamfs-perm-"))
-    os.chmod(path, 0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
 
 def test_permissions_are_enforced_for_other_users(world_readable_dir, mount_with,
                                                    unprivileged_user):
