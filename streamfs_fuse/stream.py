@@ -141,6 +141,7 @@ class Stream:
         self._unlogged_drops: dict[int, int] = {}
         self._unlogged_bytes = 0
         self._last_drop_log = -math.inf
+        self._drop_log_due = False
         # Under the block policy writes wait and deliver one at a time, in the
         # order they arrived: the head of this queue is the one whose turn it is.
         self._write_queue: list[object] = []  # short; a deque costs 760 bytes per stream
@@ -332,6 +333,15 @@ class Stream:
         self._unlogged_bytes += size * len(readers)
         if trio.current_time() - self._last_drop_log >= DROP_LOG_INTERVAL:
             self.log_drops()
+        elif not self._drop_log_due:
+            # The rest of this burst is logged when the interval is over.
+            self._drop_log_due = True
+            trio.lowlevel.spawn_system_task(self._log_drops_later)
+
+    async def _log_drops_later(self) -> None:
+        await trio.sleep_until(self._last_drop_log + DROP_LOG_INTERVAL)
+        self._drop_log_due = False
+        self.log_drops()
 
     def log_drops(self) -> None:
         """Log the drops since the last warning, if any."""

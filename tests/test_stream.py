@@ -10,7 +10,9 @@ from streamfs_fuse.budget import MemoryBudget
 from streamfs_fuse.chunk import CHUNK_OVERHEAD
 from streamfs_fuse.reader import ReaderDisconnected
 from streamfs_fuse.ring import SMALL_CHUNK
-from streamfs_fuse.stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
+from streamfs_fuse.stream import (
+    DROP_LOG_INTERVAL, SlowReaderPolicy, Stream, StreamClosed, StreamSettings,
+)
 from streamfs_fuse.wait import Interrupted, Waiter
 
 DROP, BLOCK, DISCONNECT = SlowReaderPolicy.DROP, SlowReaderPolicy.BLOCK, SlowReaderPolicy.DISCONNECT
@@ -867,3 +869,20 @@ async def test_lossy_reader_part_way_through_a_chunk_never_holds_a_block_writer_
         waiting = stream.statistics().waiting_writes
         stream.close()  # lets a waiting writer go, so the test ends
     assert (waiting, done) == (0, ["written"])
+
+
+async def test_drop_warnings_add_up_and_the_last_burst_is_logged(autojump_clock, caplog):
+    stream = make_stream(channel=cost(10), ring=0)
+    stream.open_reader()  # never reads
+    writer = stream.open_writer()
+    for burst in range(3):
+        for _ in range(7):
+            await writer.write(b"x" * 10)
+            await trio.sleep(0.1)
+        await trio.sleep(DROP_LOG_INTERVAL * 2)  # the burst ends
+    warnings = [r.getMessage() for r in caplog.records if "slow reader" in r.getMessage()]
+    missed = [int(m.split(" missed ")[1].split(" chunks")[0]) for m in warnings]
+    # Every chunk but the first missed, each counted in exactly one warning,
+    # the first of a burst at once and the rest once the interval is over.
+    assert sum(missed) == stream.dropped_chunks == 3 * 7 - 1
+    assert len(warnings) == 6 and missed[0] == 1
