@@ -165,13 +165,18 @@ class Reader:
         The queue is replaced by the ring's history from ``offset`` on: from its
         oldest byte if ``offset`` is older, and nothing (the next live chunk)
         if ``offset`` is at or past the end. Nothing is dropped or counted.
+        Once the stream has ended, the ring can still be read again, up to EOF.
         """
         self._discard_queue()
-        if self.ended:
+        if self.disconnected:
             return
+        if self.ended:
+            self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
         for chunk in self.stream.ring.history():
             if chunk.offset + len(chunk.data) > offset:
                 self.seed(chunk)
+        if self.ended:
+            self._send.close()
         if self._history:
             first = self._receive.receive_nowait()
             self._start(first)

@@ -377,7 +377,8 @@ class Stream:
         for reader in self.readers:
             reader.end()
         self.readers.clear()
-        self.ring.clear()
+        # The ring stays readable (by seeking) for handles still open; it goes
+        # with the stream once the last of them is closed.
         self._turn.unpark_all()
         self.notify_writable()
         self.log_drops()

@@ -199,31 +199,6 @@ def test_truncate_and_o_trunc_are_accepted(mnt):
     assert path.stat().st_size == 8
 
 
-def test_nonblocking_reader_gets_eagain(mnt):
-    path = mnt / "nb"
-    path.touch()
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        with pytest.raises(BlockingIOError):
-            os.read(fd, 10)
-        path.write_bytes(b"now")
-        assert os.read(fd, 10) == b"now"
-    finally:
-        os.close(fd)
-
-
-def test_seek_fails_with_espipe(mnt):
-    path = mnt / "seek"
-    path.touch()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(OSError) as raised:
-            os.lseek(fd, 10, os.SEEK_SET)
-        assert raised.value.errno == errno.ESPIPE
-    finally:
-        os.close(fd)
-
-
 def test_read_write_handle_reads_its_own_writes(mnt):
     path = mnt / "rw"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)

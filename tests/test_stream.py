@@ -286,11 +286,24 @@ async def test_write_after_close_raises_stream_closed():
         await writer.write(b"x")
 
 
-async def test_reader_opened_after_close_gets_eof():
+async def test_reader_opened_after_close_gets_the_ring_then_eof():
     stream = make_stream()
     await stream.open_writer().write(b"history")
     stream.close()
-    assert await stream.open_reader().read(10) == b""
+    reader = stream.open_reader()
+    assert await reader.read(10) == b"history"
+    assert await reader.read(10) == b""
+
+
+async def test_an_ended_reader_can_seek_back_into_the_ring():
+    stream = make_stream()
+    writer = stream.open_writer()
+    reader = stream.open_reader()
+    await writer.write(b"0123456789")
+    stream.close()
+    assert await read_all(reader) == b"0123456789"
+    reader.seek(4)
+    assert await read_all(reader) == b"456789"
 
 
 async def test_zero_byte_write_makes_no_chunk():
