@@ -1,8 +1,9 @@
 """The pyfuse3 Operations that expose streams as files.
 
-This layer only maps FUSE requests onto the stream core (``stream.py``,
-``reader.py``) and core errors onto errno. It keeps the directory tree, the
-inode table with the kernel's lookup counts, and one handle per open().
+This layer only maps FUSE requests onto the core (the tree in
+``namespace.py``, the streams in ``stream.py`` and ``reader.py``) and core
+errors onto errno. What it keeps is FUSE's own: the kernel's lookups (as holds
+on nodes), one handle per open(), one listing per opendir().
 
 Caveats:
 - Files are opened ``direct_io``: no page cache, so every read and write
@@ -27,29 +28,24 @@ import select
 import stat
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
 
 import pyfuse3
 import trio
 
-from .budget import MemoryBudget, physical_memory
+from .budget import physical_memory
 from .interrupts import SignalWatch
 from .reader import Reader, ReaderDisconnected
-from .stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings, Writer
+from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, StreamFile
+from .stream import SlowReaderPolicy, StreamClosed, Writer
 from .wait import Interrupted, Waiter
 
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 
 log = logging.getLogger(__name__)
 
-N = TypeVar("N", bound="Node")
-
 #: What read() fails with after the ``disconnect`` policy cut a reader off:
 #: "No buffer space available" says what happened.
 READER_DISCONNECTED_ERRNO = errno.ENOBUFS
-
-#: Longest name, in bytes, as on most Linux file systems.
-NAME_MAX = 255
 
 #: Sizes and times change with every write, so the kernel must not cache them.
 ATTR_TIMEOUT = 0.0
@@ -59,45 +55,6 @@ ENTRY_TIMEOUT = 1.0
 XATTR_PREFIX = b"user.streamfs."
 #: The one extended attribute that can be set: a stream's slow-reader policy.
 SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
-
-
-@dataclass(eq=False)
-class Node:
-    """An inode: a directory or a stream, with its metadata."""
-
-    inode: int
-    mode: int
-    uid: int
-    gid: int
-    parent: Directory | None
-    name: bytes
-    atime_ns: int = field(default_factory=time.time_ns)
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    #: Lookups the kernel holds; the node may be freed when this and
-    #: :attr:`open_count` are zero and it has no name.
-    lookups: int = 0
-    open_count: int = 0
-    linked: bool = True
-    #: Where the node is in its directory's listing (readdir's offsets).
-    offset: int = 0
-
-    def __post_init__(self) -> None:
-        self.mtime_ns = self.ctime_ns = self.atime_ns
-
-
-@dataclass(eq=False)
-class Directory(Node):
-    #: In the order they were linked, which is the order of their offsets.
-    entries: dict[bytes, Node] = field(default_factory=dict)
-    subdirs: int = 0
-    #: Offsets 1 and 2 are "." and "..".
-    next_offset: int = 3
-
-
-@dataclass(eq=False)
-class StreamFile(Node):
-    stream: Stream | None = None
 
 
 @dataclass(eq=False)
@@ -157,7 +114,9 @@ def answers_eio(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
             except pyfuse3.FUSEError:
                 raise
             except Exception as e:
-                error = failed(name, e)
+                # The namespace refuses with an OSError carrying the errno to answer.
+                error = (pyfuse3.FUSEError(e.errno) if isinstance(e, OSError) and e.errno
+                         else failed(name, e))
                 if name != "forget":  # which may not raise at all
                     raise error from None
         return handler
@@ -176,38 +135,16 @@ class StreamFS(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, settings: StreamSettings) -> None:
+    def __init__(self, namespace: Namespace) -> None:
         super().__init__()
-        self.settings = settings
-        now_uid, now_gid = os.getuid(), os.getgid()
-        self.root = Directory(
-            inode=pyfuse3.ROOT_INODE, mode=stat.S_IFDIR | 0o755,
-            uid=now_uid, gid=now_gid, parent=None, name=b"",
-        )
-        self.root.lookups = 1
-        self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: self.root}
-        # Inode numbers are never reused: the kernel may still hold an old one.
-        self._inodes = itertools.count(pyfuse3.ROOT_INODE + 1)
+        assert pyfuse3.ROOT_INODE == ROOT_INODE
+        self.namespace = namespace
         self._handles: dict[int, Handle] = {}
         self._listings: dict[int, Listing] = {}
         self._fhs = itertools.count(1)
         self.signals = SignalWatch()
-        self.budget = MemoryBudget(settings.max_memory)
-        self.closed = False
 
     # -- helpers ---------------------------------------------------------
-
-    def _node(self, inode: int) -> Node:
-        try:
-            return self.nodes[inode]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-
-    def _directory(self, inode: int) -> Directory:
-        node = self._node(inode)
-        if not isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return node
 
     def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -236,70 +173,8 @@ class StreamFS(pyfuse3.Operations):
             attrs.st_blocks = (stream.ring.nbytes + 511) // 512
         return attrs
 
-    @staticmethod
-    def _check_name(name: bytes) -> None:
-        if len(name) > NAME_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        if not name or b"/" in name or name in (b".", b".."):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-
-    def _path(self, node: Node) -> str:
-        parts = []
-        while node.parent is not None:
-            parts.append(node.name)
-            node = node.parent
-        return "/" + os.fsdecode(b"/".join(reversed(parts)))
-
-    def _create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
-                ctx: pyfuse3.RequestContext) -> N:
-        """A new directory or stream named ``name`` in ``parent``, owned by the caller."""
-        self._check_name(name)
-        if name in parent.entries:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        file_type = stat.S_IFDIR if kind is Directory else stat.S_IFREG
-        node = kind(inode=next(self._inodes), mode=file_type | stat.S_IMODE(mode),
-                    uid=ctx.uid, gid=ctx.gid, parent=parent, name=name)
-        if isinstance(node, StreamFile):
-            node.stream = Stream(self._path(node), self.settings, self.budget)
-            if self.closed:
-                node.stream.close()
-            log.info("stream %r created", node.stream.name)
-        self._link(parent, name, node)
-        return node
-
-    def _link(self, parent: Directory, name: bytes, node: Node) -> None:
-        parent.entries[name] = node
-        node.offset = parent.next_offset
-        parent.next_offset += 1
-        parent.subdirs += isinstance(node, Directory)
-        self.nodes[node.inode] = node
-        parent.mtime_ns = parent.ctime_ns = time.time_ns()
-
-    @staticmethod
-    def _detach(parent: Directory, name: bytes) -> Node:
-        node = parent.entries.pop(name)
-        parent.subdirs -= isinstance(node, Directory)
-        return node
-
-    def _unlink_node(self, parent: Directory, name: bytes) -> None:
-        node = self._detach(parent, name)
-        node.linked = False
-        node.ctime_ns = parent.mtime_ns = parent.ctime_ns = time.time_ns()
-        if isinstance(node, StreamFile):
-            node.stream.close()
-            log.info("stream %r removed", node.stream.name)
-        self._maybe_free(node)
-
-    def _maybe_free(self, node: Node) -> None:
-        if not node.linked and node.lookups == 0 and node.open_count == 0:
-            self.nodes.pop(node.inode, None)
-
     def close_all_streams(self) -> None:
-        """Shutting down: every reader drains its queue, then gets EOF."""
-        self.closed = True
-        for node in self.nodes.values():
-            if isinstance(node, StreamFile):
-                node.stream.close()
+        self.namespace.close_all_streams()
 
     @property
     def open_handles(self) -> int:
@@ -308,34 +183,23 @@ class StreamFS(pyfuse3.Operations):
     # -- names -----------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx):
-        parent = self._directory(parent_inode)
-        if name == b".":
-            node = parent
-        elif name == b"..":
-            node = parent.parent or parent
-        else:
-            if len(name) > NAME_MAX:
-                raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-            try:
-                node = parent.entries[name]
-            except KeyError:
-                raise pyfuse3.FUSEError(errno.ENOENT) from None
-        node.lookups += 1
+        namespace = self.namespace
+        node = namespace.child(namespace.directory(parent_inode), name)
+        namespace.hold(node)
         return self._attributes(node)
 
     async def forget(self, inode_list):
+        namespace = self.namespace
         for inode, count in inode_list:
-            node = self.nodes.get(inode)
-            if node is None:
-                continue
-            node.lookups -= count
-            self._maybe_free(node)
+            node = namespace.nodes.get(inode)
+            if node is not None:
+                namespace.release(node, count)
 
     async def getattr(self, inode, ctx):
-        return self._attributes(self._node(inode))
+        return self._attributes(self.namespace.node(inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        node = self._node(inode)
+        node = self.namespace.node(inode)
         now = time.time_ns()
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
@@ -355,73 +219,31 @@ class StreamFS(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        node = self._create(StreamFile, self._directory(parent_inode), name, mode, ctx)
-        node.lookups += 1
-        return self._attributes(node)
+        return self._make(StreamFile, parent_inode, name, mode, ctx)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        node = self._create(Directory, self._directory(parent_inode), name, mode, ctx)
-        node.lookups += 1
+        return self._make(Directory, parent_inode, name, mode, ctx)
+
+    def _make(self, kind, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
+        namespace = self.namespace
+        node = namespace.create(kind, namespace.directory(parent_inode), name, mode,
+                                ctx.uid, ctx.gid)
+        namespace.hold(node)
         return self._attributes(node)
 
     async def unlink(self, parent_inode, name, ctx):
-        parent = self._directory(parent_inode)
-        node = parent.entries.get(name)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        self._unlink_node(parent, name)
+        self.namespace.unlink(self.namespace.directory(parent_inode), name)
 
     async def rmdir(self, parent_inode, name, ctx):
-        parent = self._directory(parent_inode)
-        node = parent.entries.get(name)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if not isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if node.entries:
-            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        self._unlink_node(parent, name)
+        self.namespace.rmdir(self.namespace.directory(parent_inode), name)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        old_parent = self._directory(parent_inode_old)
-        new_parent = self._directory(parent_inode_new)
-        self._check_name(name_new)
-        node = old_parent.entries.get(name_old)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        target = new_parent.entries.get(name_new)
-        if target is node:
-            return
-        if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            if isinstance(target, Directory):
-                if not isinstance(node, Directory):
-                    raise pyfuse3.FUSEError(errno.EISDIR)
-                if target.entries:
-                    raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-            elif isinstance(node, Directory):
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            self._unlink_node(new_parent, name_new)
-        self._detach(old_parent, name_old)
-        node.parent, node.name = new_parent, name_new
-        self._link(new_parent, name_new, node)
-        old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = time.time_ns()
-        self._rename_streams(node)
-
-    def _rename_streams(self, top: Node) -> None:
-        """Give every stream under ``top`` its new path (a loop: trees may be deep)."""
-        pending = [top]
-        while pending:
-            node = pending.pop()
-            if isinstance(node, StreamFile):
-                node.stream.name = self._path(node)
-            elif isinstance(node, Directory):
-                pending.extend(node.entries.values())
+        namespace = self.namespace
+        namespace.rename(namespace.directory(parent_inode_old), name_old,
+                         namespace.directory(parent_inode_new), name_new,
+                         replace=not flags & pyfuse3.RENAME_NOREPLACE)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EPERM)
@@ -436,7 +258,7 @@ class StreamFS(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx):
         fh = next(self._fhs)
-        self._listings[fh] = Listing(self._directory(inode))
+        self._listings[fh] = Listing(self.namespace.directory(inode))
         return fh
 
     async def readdir(self, fh, start_id, token):
@@ -461,7 +283,7 @@ class StreamFS(pyfuse3.Operations):
                 continue  # unlinked or moved since the snapshot
             if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), node.offset):
                 break
-            node.lookups += 1
+            self.namespace.hold(node)
 
     async def releasedir(self, fh):
         del self._listings[fh]
@@ -470,14 +292,13 @@ class StreamFS(pyfuse3.Operations):
         """The memory streams may use as the size, what they hold as used."""
         result = pyfuse3.StatvfsData()
         result.f_bsize = result.f_frsize = 4096
-        total = self.settings.max_memory or physical_memory()
-        held = self.budget.used + sum(
-            node.stream.ring.nbytes for node in self.nodes.values()
-            if isinstance(node, StreamFile))
+        namespace = self.namespace
+        total = namespace.settings.max_memory or physical_memory()
+        held = namespace.memory_used()
         result.f_blocks = total // 4096
         result.f_bfree = result.f_bavail = max(0, total - held) // 4096
         free_inodes = 2**32
-        result.f_files = len(self.nodes) + free_inodes
+        result.f_files = len(namespace.nodes) + free_inodes
         result.f_ffree = result.f_favail = free_inodes
         result.f_namemax = NAME_MAX
         return result
@@ -485,20 +306,21 @@ class StreamFS(pyfuse3.Operations):
     # -- streams ---------------------------------------------------------
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        parent = self._directory(parent_inode)
+        namespace = self.namespace
+        parent = namespace.directory(parent_inode)
         node = parent.entries.get(name)
         if node is None:
-            node = self._create(StreamFile, parent, name, mode, ctx)
+            node = namespace.create(StreamFile, parent, name, mode, ctx.uid, ctx.gid)
         elif flags & os.O_EXCL:
             raise pyfuse3.FUSEError(errno.EEXIST)
         elif not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = self._open(node, flags, ctx)
-        node.lookups += 1
+        namespace.hold(node)
         return info, self._attributes(node)
 
     async def open(self, inode, flags, ctx):
-        node = self._node(inode)
+        node = self.namespace.node(inode)
         if not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return self._open(node, flags, ctx)
@@ -512,7 +334,7 @@ class StreamFS(pyfuse3.Operations):
         # A handle's own read side must never hold back its own writes.
         reader = stream.open_reader(waiter, lossy=writable) if readable else None
         writer = stream.open_writer(waiter) if writable else None
-        node.open_count += 1
+        self.namespace.hold(node)
         fh = next(self._fhs)
         pid = self.signals.opened(ctx.pid, waiter)
         self._handles[fh] = Handle(node, reader, writer, bool(flags & os.O_NONBLOCK), waiter,
@@ -613,8 +435,7 @@ class StreamFS(pyfuse3.Operations):
         if handle.writer is not None:
             handle.writer.close()
         self.signals.released(handle.pid, handle.waiter)
-        node.open_count -= 1
-        self._maybe_free(node)
+        self.namespace.release(node)
 
     # -- extended attributes ---------------------------------------------
 
@@ -628,16 +449,16 @@ class StreamFS(pyfuse3.Operations):
         }
 
     async def listxattr(self, inode, ctx):
-        return list(self._stream_xattrs(self._node(inode)))
+        return list(self._stream_xattrs(self.namespace.node(inode)))
 
     async def getxattr(self, inode, name, ctx):
         try:
-            return self._stream_xattrs(self._node(inode))[name]
+            return self._stream_xattrs(self.namespace.node(inode))[name]
         except KeyError:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     async def setxattr(self, inode, name, value, ctx):
-        node = self._node(inode)
+        node = self.namespace.node(inode)
         if name not in SETTABLE_XATTRS or not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if ctx.uid not in (0, node.uid):

@@ -23,6 +23,7 @@ import trio
 
 from .config import MountConfig
 from .fs import StreamFS
+from .namespace import Namespace
 
 __all__ = ["MountError", "mount", "is_mounted"]
 
@@ -62,7 +63,7 @@ def mount(config: MountConfig) -> int:
     check_fuse_device()
     raise_file_limit()
     keep_request_buffers_off_the_heap()
-    fs = StreamFS(config.settings)
+    fs = StreamFS(Namespace(config.settings, os.getuid(), os.getgid()))
     options = fuse_options(config)
     if config.foreground:
         setup_logging(config, background=False)

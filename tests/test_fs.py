@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from streamfs_fuse.fs import READER_DISCONNECTED_ERRNO, StreamFS
+from streamfs_fuse.namespace import Namespace
 from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
 
 ROOT = pyfuse3.ROOT_INODE
@@ -28,7 +29,7 @@ def ctx(uid=None, pid=None):
 
 
 def make_fs(**settings):
-    return StreamFS(StreamSettings(**settings))
+    return StreamFS(Namespace(StreamSettings(**settings), os.getuid(), os.getgid()))
 
 
 async def create(fs, name, flags=os.O_WRONLY, parent=ROOT):
@@ -208,9 +209,9 @@ async def test_an_unlinked_node_lives_until_forgotten_and_released():
     await fs.unlink(ROOT, b"live", ctx())
     assert (await fs.getattr(inode, ctx())).st_nlink == 0
     await fs.release(wfh)
-    assert inode in fs.nodes
+    assert inode in fs.namespace.nodes
     await fs.forget([(inode, 1)])
-    assert inode not in fs.nodes
+    assert inode not in fs.namespace.nodes
 
 
 async def test_readdir_lists_entries_once_each(monkeypatch):
@@ -251,7 +252,7 @@ async def test_an_unexpected_failure_is_eio_and_logged_once(caplog):
     def broken(node):
         raise RuntimeError("a bug")
 
-    fs._attributes = fs._maybe_free = broken
+    fs._attributes = fs.namespace.release = broken
     for _ in range(3):
         with pytest.raises(pyfuse3.FUSEError) as raised:
             await fs.getattr(inode, ctx())
@@ -259,5 +260,5 @@ async def test_an_unexpected_failure_is_eio_and_logged_once(caplog):
     await fs.forget([(inode, 1)])  # forget may not raise, even EIO
     assert [r.message for r in caplog.records].count(
         "getattr failed (answered EIO; further such failures are not logged)") == 1
-    del fs._attributes, fs._maybe_free
+    del fs._attributes, fs.namespace.release
     assert (await fs.getattr(inode, ctx())).st_ino == inode
