@@ -7,11 +7,11 @@ import importlib.metadata
 import logging
 import sys
 import textwrap
-from dataclasses import replace
+from typing import Any
 
-from .config import SETTINGS, ConfigError, MountConfig, load_config_file, parse_mount_options, show
+from .config import (SETTINGS, ConfigError, MountConfig, check_http, load_config_file,
+                     parse_mount_options, sections_from, show)
 from .mount import MountError, mount
-from .stream import StreamSettings
 
 __all__ = ["main"]
 
@@ -25,7 +25,8 @@ data; rm ends the stream and every reader gets EOF.
 EPILOG = f"""\
 sizes take whole bytes or units KB, MB, GB (1024-based; KiB, MiB, GiB too): 512KB, 1.5MB,
 524288; at most the machine's memory.
-{textwrap.fill("-o options: " + "".join(f"{s.name}=, " for s in SETTINGS) + "allow_other, "
+{textwrap.fill("-o options: " + "".join(f"{s.name}{'' if s.switch else '='}, " for s in SETTINGS)
+               + "allow_other, "
                "default_permissions, fsname=, subtype= and the usual mount(8) flags.", 92)}
 precedence: flags > -o > --config file > defaults.
 """
@@ -50,29 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE",
                         help="TOML file with [plugins.streamfs.config] settings (AGFS layout)")
     for s in SETTINGS:
-        parser.add_argument(s.flag, metavar=s.metavar, choices=s.choices,
-                            help=f"{s.help} (default: {show(s.default)})")
+        if s.switch:
+            # None when absent, so that -o and the config file still apply.
+            parser.add_argument(s.flag, action="store_true", default=None, help=s.help)
+        else:
+            parser.add_argument(s.flag, metavar=s.metavar, choices=s.choices,
+                                help=f"{s.help} (default: {s.shown_default or show(s.default)})")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('streamfs-fuse')}")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> MountConfig:
-    settings = StreamSettings()
+    # Parsed values by setting name; later sources override earlier ones.
+    values: dict[str, Any] = {}
     if args.config:
-        settings = replace(settings, **load_config_file(args.config))
+        values.update(load_config_file(args.config))
     fuse_options: set[str] = set()
     for text in args.options:
-        values, fuse = parse_mount_options(text)
-        settings = replace(settings, **values)
+        options, fuse = parse_mount_options(text)
+        values.update(options)
         fuse_options |= fuse
-    flags = {s.name: s.parse(value, s.flag)
-             for s in SETTINGS if (value := getattr(args, s.name)) is not None}
-    settings = replace(settings, **flags)
+    values.update({s.name: s.parse(value, s.flag)
+                   for s in SETTINGS if (value := getattr(args, s.name)) is not None})
+    sections = sections_from(values)
+    check_http(sections["http"])
     if args.source and not any(o.startswith("fsname=") for o in fuse_options):
         fuse_options.add(f"fsname={args.source}")
     return MountConfig(
-        mountpoint=args.mountpoint, settings=settings, fuse_options=fuse_options,
+        mountpoint=args.mountpoint, **sections, fuse_options=fuse_options,
         foreground=args.foreground or args.debug, debug=args.debug, verbosity=args.verbose,
     )
 

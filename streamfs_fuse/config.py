@@ -7,6 +7,9 @@ says what is wrong and where.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -17,10 +20,12 @@ import humanfriendly
 from humanfriendly.text import tokenize
 
 from .budget import physical_memory
+from .http import HTTPSettings
 from .stream import SlowReaderPolicy, StreamSettings
 
-__all__ = ["ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
-           "parse_mount_options", "load_config_file"]
+__all__ = ["ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size", "parse_address",
+           "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
+           "sections_from", "check_http"]
 
 
 class ConfigError(Exception):
@@ -43,6 +48,7 @@ MOUNT_ONLY_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "u
 class MountConfig:
     mountpoint: str
     settings: StreamSettings = field(default_factory=StreamSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
     #: Options for FUSE, such as ``allow_other`` or ``fsname=streamfs``.
     fuse_options: set[str] = field(default_factory=set)
     foreground: bool = False
@@ -88,10 +94,98 @@ def parse_policy(value: Any, what: str) -> SlowReaderPolicy:
         raise ConfigError(f"{what}: {value!r} is not one of {choices}") from None
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_address(value: Any, what: str) -> tuple[str, int]:
+    """``(host, port)`` from ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT``.
+
+    Without a host it is 127.0.0.1. Port 0 lets the system pick a free port.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{what}: expected HOST:PORT such as 127.0.0.1:8000, got {value!r}")
+    text = value.strip()
+    bad = f"{what}: {value!r} is not HOST:PORT"
+    if bracketed := re.fullmatch(r"\[([^]]*)\]:([^:]*)", text):
+        host, port = bracketed.groups()
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ConfigError(bad) from None
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            host, port = "", text
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(bad) from None
+            raise ConfigError(f"{bad} (put an IPv6 address in brackets: [::1]:8000)")
+        if not host:
+            host = "127.0.0.1"
+        elif re.fullmatch(r"[0-9.]+", host):
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise ConfigError(bad) from None
+        elif not _HOSTNAME.fullmatch(host) or len(host) > 253:
+            raise ConfigError(bad)
+    if not re.fullmatch(r"[0-9]{1,5}", port):
+        raise ConfigError(bad)
+    if int(port) > 65535:
+        raise ConfigError(f"{what}: port {port} in {value!r} is not in 0..65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_token_file(value: Any, what: str) -> str:
+    """The absolute path of a readable file whose first line is a token.
+
+    Absolute because the daemon changes to / before it reads the file.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what}: expected the path of a file holding a token, got {value!r}")
+    try:
+        with open(value, "rb") as f:
+            first = f.readline(1 << 16)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {value}: {e.strerror}") from None
+    try:
+        token = first.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{what}: {value} does not hold a token: its first line is not text") from None
+    if not token:
+        raise ConfigError(f"{what}: {value} holds no token: its first line is empty")
+    return os.path.abspath(value)
+
+
+def parse_switch(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
 def show(value: Any) -> str:
     """A default as the user would write it: ``6MB``, ``drop``, ``none``."""
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, SlowReaderPolicy):
         return value.value
     for unit, divider in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
@@ -100,12 +194,13 @@ def show(value: Any) -> str:
     return str(value)
 
 
-_DEFAULTS = {f.name: f.default for f in fields(StreamSettings)}
+#: The settings dataclasses, by the name of their :class:`MountConfig` field.
+SECTIONS: dict[str, type] = {"settings": StreamSettings, "http": HTTPSettings}
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One field of :class:`StreamSettings`: how to parse it and describe it."""
+    """One field of a :data:`SECTIONS` dataclass: how to parse it and describe it."""
 
     #: As named in -o options and the TOML file; the flag has dashes.
     name: str
@@ -114,17 +209,33 @@ class Setting:
     help: str
     metavar: str = "SIZE"
     choices: tuple[str, ...] | None = None
+    #: The :class:`MountConfig` field holding the dataclass this setting belongs to.
+    section: str = "settings"
+    #: The dataclass field, when it is not named as the setting is.
+    field: str = ""
+    #: Takes no value: a flag without one, ``-o name``, ``name = true`` in TOML.
+    switch: bool = False
+    #: The default as the help shows it, when :func:`show` would not say it well.
+    shown_default: str = ""
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def attribute(self) -> str:
+        return self.field or self.name
+
+    @property
     def default(self) -> Any:
-        return _DEFAULTS[self.name]
+        return next(f.default for f in fields(SECTIONS[self.section]) if f.name == self.attribute)
+
+    def get(self, config: MountConfig) -> Any:
+        """This setting's value in ``config``."""
+        return getattr(getattr(config, self.section), self.attribute)
 
 
-#: The stream settings, in the order of the StreamSettings fields.
+#: Every setting, section by section, in the order of the dataclasses' fields.
 SETTINGS = (
     Setting("channel_buffer_size", partial(parse_size, minimum=1),
             "bytes queued per reader before the slow-reader policy applies"),
@@ -137,17 +248,50 @@ SETTINGS = (
     Setting("max_memory", partial(parse_size, minimum=1),
             "cap on the data queued for all readers of the mount; over it, "
             "the readers furthest behind lose their oldest data first"),
+    Setting("http", parse_address,
+            "also serve the streams over HTTP on HOST:PORT; :PORT or PORT alone means "
+            "127.0.0.1:PORT, port 0 any free port; a HOST that is not loopback needs --http-token",
+            metavar="HOST:PORT", section="http", field="address",
+            shown_default="off; when on, HOST defaults to 127.0.0.1, loopback only"),
+    Setting("http_token", parse_token_file,
+            "file whose first line is a token that every HTTP request must carry "
+            "as 'Authorization: Bearer TOKEN'",
+            metavar="FILE", section="http", field="token_file"),
+    Setting("http_read_only", parse_switch,
+            "refuse HTTP requests that write or remove streams (PUT, POST, DELETE)",
+            section="http", field="read_only", switch=True),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+
+def sections_from(values: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SECTIONS` dataclasses, by section, from parsed values by setting name."""
+    return {section: cls(**{s.attribute: values[s.name] for s in SETTINGS
+                            if s.section == section and s.name in values})
+            for section, cls in SECTIONS.items()}
+
+
+def check_http(http: HTTPSettings) -> None:
+    """Rules across the HTTP settings: off the loopback interface, a token is required."""
+    if http.address and not is_loopback(http.address[0]) and not http.token_file:
+        raise ConfigError(f"--http {format_address(http.address)} is not loopback: give "
+                          f"--http-token FILE so that requests must carry a bearer token")
+
+
 def parse_mount_options(text: str) -> tuple[dict[str, Any], set[str]]:
-    """Split ``-o a=1,b,...`` into parsed stream settings and FUSE options."""
+    """Split ``-o a=1,b,...`` into parsed settings, by name, and FUSE options."""
     settings: dict[str, Any] = {}
     fuse: set[str] = set()
     for option in filter(None, (o.strip() for o in text.split(","))):
         key, has_value, value = option.partition("=")
-        if key in SETTINGS_BY_NAME and has_value:
-            settings[key] = SETTINGS_BY_NAME[key].parse(value, f"-o {key}")
+        if (setting := SETTINGS_BY_NAME.get(key)) and setting.switch:
+            if has_value:
+                raise ConfigError(f"-o {option}: {key} takes no value")
+            settings[key] = True
+        elif setting and not has_value:
+            raise ConfigError(f"-o {key}: needs a value, as in {key}={setting.metavar}")
+        elif setting:
+            settings[key] = setting.parse(value, f"-o {key}")
         elif key in FUSE_VALUED and has_value and value:
             fuse.add(option)
         elif key in FUSE_FLAGS and not has_value:

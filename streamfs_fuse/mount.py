@@ -15,6 +15,7 @@ import logging.handlers
 import os
 import resource
 import signal
+import socket
 import stat
 import sys
 
@@ -23,6 +24,7 @@ import trio
 
 from .config import MountConfig
 from .fs import StreamFS
+from .http import HTTPDoor, HTTPSettings
 from .namespace import Namespace
 
 __all__ = ["MountError", "mount", "is_mounted"]
@@ -63,13 +65,35 @@ def mount(config: MountConfig) -> int:
     check_fuse_device()
     raise_file_limit()
     keep_request_buffers_off_the_heap()
-    fs = StreamFS(Namespace(config.settings, os.getuid(), os.getgid()))
+    namespace = Namespace(config.settings, os.getuid(), os.getgid())
+    fs = StreamFS(namespace)
+    door = http_door(config.http, namespace)
     options = fuse_options(config)
     if config.foreground:
         setup_logging(config, background=False)
         start(fs, mountpoint, options)
-        return serve(fs, mountpoint)
-    return daemonize(fs, mountpoint, options, config)
+        return serve(fs, door, mountpoint)
+    return daemonize(fs, door, mountpoint, options, config)
+
+
+def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
+    """The HTTP door, if asked for, once its address is known to be free."""
+    if settings.address is None:
+        return None
+    host, port = settings.address
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as e:
+        raise MountError(f"cannot serve HTTP on {host}:{port}: {e.strerror}") from None
+    token = None
+    if settings.token_file:
+        with open(settings.token_file, "rb") as f:
+            token = f.readline().strip()
+    return HTTPDoor(namespace, settings, token)
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -158,21 +182,23 @@ def start(fs: StreamFS, mountpoint: str, options: set[str]) -> None:
     log.info("mounted on %s", mountpoint)
 
 
-def serve(fs: StreamFS, mountpoint: str) -> int:
+def serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> int:
     """Serve requests until a signal or an unmount, then unmount."""
     try:
-        trio.run(_serve, fs, mountpoint)
+        trio.run(_serve, fs, door, mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
     return 0
 
 
-async def _serve(fs: StreamFS, mountpoint: str) -> None:
+async def _serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, fs)
+        nursery.start_soon(_stop_on_signal, fs, door)
         nursery.start_soon(_watch_unmount, fs, mountpoint)
         nursery.start_soon(fs.signals.run)
+        if door is not None:
+            await nursery.start(door.serve)
         try:
             await pyfuse3.main(min_tasks=MIN_IDLE_WORKERS, max_tasks=MAX_WORKERS)
         except* ConnectionAbortedError:
@@ -182,16 +208,17 @@ async def _serve(fs: StreamFS, mountpoint: str) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal(fs: StreamFS) -> None:
+async def _stop_on_signal(fs: StreamFS, door: HTTPDoor | None) -> None:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         async for signum in signals:
             log.info("%s: ending all streams and unmounting", signal.Signals(signum).name)
             break
     fs.close_all_streams()
     # Readers now drain their queues and get EOF, writers get EPIPE; give them
-    # a moment to finish and close their files before the connection goes away.
+    # a moment to finish and close their files (and HTTP responses their
+    # bodies) before the connection goes away.
     with trio.move_on_after(DRAIN_GRACE):
-        while fs.open_handles:
+        while fs.open_handles or (door is not None and door.active):
             await trio.sleep(0.05)
     pyfuse3.terminate()
 
@@ -205,7 +232,8 @@ async def _watch_unmount(fs: StreamFS, mountpoint: str) -> None:
     fs.close_all_streams()
 
 
-def daemonize(fs: StreamFS, mountpoint: str, options: set[str], config: MountConfig) -> int:
+def daemonize(fs: StreamFS, door: HTTPDoor | None, mountpoint: str, options: set[str],
+              config: MountConfig) -> int:
     """Mount in a background child; return once the mount is ready or failed."""
     ready_read, ready_write = os.pipe()
     pid = os.fork()
@@ -234,7 +262,7 @@ def daemonize(fs: StreamFS, mountpoint: str, options: set[str], config: MountCon
         setup_logging(config, background=True)
         os.write(ready_write, b"ready")
         os.close(ready_write)
-        code = serve(fs, mountpoint)
+        code = serve(fs, door, mountpoint)
     except BaseException:
         log.exception("the daemon failed")
     finally:

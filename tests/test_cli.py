@@ -10,7 +10,8 @@ import pytest
 
 from conftest import require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
-from streamfs_fuse.config import SETTINGS, ConfigError
+from streamfs_fuse.config import SECTIONS, SETTINGS, ConfigError, MountConfig
+from streamfs_fuse.http import HTTPSettings
 from streamfs_fuse.mount import is_mounted
 from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
 
@@ -77,24 +78,38 @@ def test_o_options_split_into_settings_and_fuse_options():
     assert cfg.fuse_options == {"allow_other", "fsname=src"}
 
 
-def test_settings_table_matches_stream_settings():
-    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(StreamSettings)]
+def test_settings_table_matches_the_settings_dataclasses():
+    assert SECTIONS == {"settings": StreamSettings, "http": HTTPSettings}
+    assert [(s.section, s.attribute) for s in SETTINGS] == [
+        (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert {f.name: f.type for f in dataclasses.fields(MountConfig)}["http"] == "HTTPSettings"
 
 
-def sample(setting):
+def token_file(tmp_path, text="s3cret\n", name="token"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def sample(setting, tmp_path):
     """A valid value for ``setting`` that is not its default."""
-    return setting.choices[-1] if setting.choices else "1MB"
+    if setting.choices:
+        return setting.choices[-1]
+    return {"http": "127.0.0.1:8000", "http_token": token_file(tmp_path)}.get(setting.name, "1MB")
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
 def test_every_setting_has_a_flag_an_o_key_and_a_toml_key(tmp_path, setting):
-    expected = setting.parse(sample(setting), setting.name)
+    if setting.switch:
+        expected, toml_value, flag, option = True, "true", setting.flag, setting.name
+    else:
+        value = sample(setting, tmp_path)
+        expected, toml_value = setting.parse(value, setting.name), f'"{value}"'
+        flag, option = f"{setting.flag}={value}", f"{setting.name}={value}"
     assert expected != setting.default
-    toml = f'[plugins.streamfs.config]\n{setting.name} = "{sample(setting)}"\n'
-    for argv in ([f"{setting.flag}={sample(setting)}"],
-                 ["-o", f"{setting.name}={sample(setting)}"],
-                 ["--config", write_config(tmp_path, toml)]):
-        assert getattr(config("m", *argv).settings, setting.name) == expected, argv
+    toml = f"[plugins.streamfs.config]\n{setting.name} = {toml_value}\n"
+    for argv in ([flag], ["-o", option], ["--config", write_config(tmp_path, toml)]):
+        assert setting.get(config("m", *argv)) == expected, argv
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -137,6 +152,202 @@ def test_bad_config_files_are_one_line_errors(tmp_path, body, message):
         config("m", "--config", write_config(tmp_path, body))
 
 
+def test_defaults_leave_http_off():
+    assert config("m").http == MountConfig("m").http == HTTPSettings()
+    assert HTTPSettings().address is None
+
+
+def in_every_form(tmp_path, name, value):
+    """Argument lists giving setting ``name`` the string ``value`` by flag, -o and config file."""
+    flag = "--" + name.replace("_", "-")
+    return [[f"{flag}={value}"], ["-o", f"{name}={value}"],
+            ["--config", write_config(tmp_path, f'{SECTION}{name} = "{value}"\n')]]
+
+
+@pytest.mark.parametrize("text, address", [
+    ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+    ("localhost:8000", ("localhost", 8000)),
+    ("[::1]:8000", ("::1", 8000)),
+    ("[0:0:0:0:0:0:0:1]:8000", ("::1", 8000)),
+    (":8000", ("127.0.0.1", 8000)),
+    ("8000", ("127.0.0.1", 8000)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
+    ("0", ("127.0.0.1", 0)),
+    (":65535", ("127.0.0.1", 65535)),
+    ("127.9.8.7:80", ("127.9.8.7", 80)),
+    ("LocalHost:80", ("LocalHost", 80)),
+])
+def test_http_addresses(tmp_path, text, address):
+    for argv in in_every_form(tmp_path, "http", text):
+        http = config("m", *argv).http
+        assert http == HTTPSettings(address=address), argv
+
+
+def test_http_any_address_with_a_token(tmp_path):
+    token = token_file(tmp_path)
+    for argv in in_every_form(tmp_path, "http", "0.0.0.0:8000"):
+        http = config("m", *argv, "--http-token", token).http
+        assert http.address == ("0.0.0.0", 8000) and http.token_file == token, argv
+
+
+@pytest.mark.parametrize("text, message", [
+    ("abc", "'abc' is not HOST:PORT"),
+    ("", "'' is not HOST:PORT"),
+    ("127.0.0.1:", "'127.0.0.1:' is not HOST:PORT"),
+    ("127.0.0.1:http", "'127.0.0.1:http' is not HOST:PORT"),
+    ("127.0.0.1:-1", "'127.0.0.1:-1' is not HOST:PORT"),
+    ("127.0.0.1:+80", "'127.0.0.1:+80' is not HOST:PORT"),
+    ("127.0.0.1:65536", "port 65536 in '127.0.0.1:65536' is not in 0..65535"),
+    ("99999", "port 99999 in '99999' is not in 0..65535"),
+    ("127.0.0.1:000000080", "'127.0.0.1:000000080' is not HOST:PORT"),
+    ("::1:8000", "'::1:8000' is not HOST:PORT (put an IPv6 address in brackets: [::1]:8000)"),
+    ("[::1]", "'[::1]' is not HOST:PORT"),
+    ("[::1]8000", "'[::1]8000' is not HOST:PORT"),
+    ("[localhost]:8000", "'[localhost]:8000' is not HOST:PORT"),
+    ("[127.0.0.1]:8000", "'[127.0.0.1]:8000' is not HOST:PORT"),
+    ("256.0.0.1:8000", "'256.0.0.1:8000' is not HOST:PORT"),
+    ("127.0.0.01:8000", "'127.0.0.01:8000' is not HOST:PORT"),
+    ("8000:8000", "'8000:8000' is not HOST:PORT"),
+    ("my host:8000", "'my host:8000' is not HOST:PORT"),
+    ("-host:8000", "'-host:8000' is not HOST:PORT"),
+    ("http://localhost:8000", "'http://localhost:8000' is not HOST:PORT"),
+])
+def test_bad_http_addresses_are_one_line_errors(tmp_path, text, message):
+    for argv, where in zip(in_every_form(tmp_path, "http", text),
+                           ["--http: ", "-o http: ", "streamfs.toml: http: "]):
+        with pytest.raises(ConfigError) as error:
+            config("m", *argv)
+        assert str(error.value).endswith(where + message), argv
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    (f"{SECTION}http = 8000\n", "http: expected HOST:PORT such as 127.0.0.1:8000, got 8000"),
+    (f"{SECTION}http = true\n", "http: expected HOST:PORT such as 127.0.0.1:8000, got True"),
+    (f"{SECTION}http_token = 1\n", "http_token: expected the path of a file holding a token"),
+    (f'{SECTION}http_read_only = "true"\n', "http_read_only: expected true or false, got 'true'"),
+    (f"{SECTION}http_read_only = 1\n", "http_read_only: expected true or false, got 1"),
+])
+def test_bad_http_config_values(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message):
+        config("m", "--config", write_config(tmp_path, body))
+
+
+@pytest.mark.parametrize("option, message", [
+    ("http", "-o http: needs a value, as in http=HOST:PORT"),
+    ("http_token", "-o http_token: needs a value, as in http_token=FILE"),
+    ("http_token=", "-o http_token: expected the path of a file holding a token, got ''"),
+    ("http_read_only=true", "-o http_read_only=true: http_read_only takes no value"),
+    ("http_read_only=", "-o http_read_only=: http_read_only takes no value"),
+])
+def test_bad_http_mount_options(option, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        config("m", "-o", option)
+
+
+@pytest.mark.parametrize("text", ["s3cret", "s3cret\n", "  s3cret \nsecond line\n", "s3cret\r\n"])
+def test_http_token_file(tmp_path, text):
+    path = token_file(tmp_path, text)
+    for argv in in_every_form(tmp_path, "http_token", path):
+        assert config("m", *argv).http == HTTPSettings(token_file=path), argv
+
+
+def test_http_token_file_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
+    token_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert config("m", "--http-token", "token").http.token_file == str(tmp_path / "token")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: str(d / "missing"), "cannot read {path}: No such file or directory"),
+    (lambda d: str(d), "cannot read {path}: Is a directory"),
+    (lambda d: token_file(d) + "/token", "cannot read {path}: Not a directory"),
+    (lambda d: token_file(d, ""), "{path} holds no token: its first line is empty"),
+    (lambda d: token_file(d, "\n"), "{path} holds no token: its first line is empty"),
+    (lambda d: token_file(d, " \t \ns3cret\n"), "{path} holds no token: its first line is empty"),
+    (lambda d: (d / "bin").write_bytes(b"\xff\xfe\n") and str(d / "bin"),
+     "{path} does not hold a token: its first line is not text"),
+])
+def test_bad_http_token_files(tmp_path, make, message):
+    path = make(tmp_path)
+    for argv, where in zip(in_every_form(tmp_path, "http_token", path),
+                           ["--http-token: ", "-o http_token: ", "streamfs.toml: http_token: "]):
+        with pytest.raises(ConfigError) as error:
+            config("m", *argv)
+        assert str(error.value).endswith(where + message.format(path=path)), argv
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_http_token_file(tmp_path):
+    path = token_file(tmp_path)
+    os.chmod(path, 0)
+    with pytest.raises(ConfigError, match=f"^--http-token: cannot read {path}: Permission denied$"):
+        config("m", "--http-token", path)
+
+
+def test_http_read_only(tmp_path):
+    assert config("m", "--http-read-only").http.read_only is True
+    assert config("m", "-o", "http_read_only").http.read_only is True
+    on = write_config(tmp_path, f"{SECTION}http_read_only = true\n")
+    assert config("m", "--config", on).http.read_only is True
+    off = write_config(tmp_path, f"{SECTION}http_read_only = false\n")
+    assert config("m", "--config", off).http.read_only is False
+    assert config("m", "--config", off, "-o", "http_read_only").http.read_only is True
+    assert config("m", "--config", off, "--http-read-only").http.read_only is True
+    assert config("m").http.read_only is False
+
+
+def test_http_precedence_flags_over_o_over_file(tmp_path):
+    path = write_config(tmp_path, f'{SECTION}http = "127.0.0.1:1"\nhttp_read_only = true\n')
+    assert config("m", "--config", path).http == HTTPSettings(("127.0.0.1", 1), read_only=True)
+    assert config("m", "--config", path, "-o", "http=:2").http.address == ("127.0.0.1", 2)
+    assert config("m", "--config", path, "-o", "http=:2", "--http=3").http.address == (
+        "127.0.0.1", 3)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("0.0.0.0:8000", "0.0.0.0:8000"),
+    ("[::]:8000", "[::]:8000"),
+    ("192.168.1.10:80", "192.168.1.10:80"),
+    ("[2001:db8::1]:80", "[2001:db8::1]:80"),
+    ("example.com:443", "example.com:443"),
+    ("localhost.example.com:80", "localhost.example.com:80"),
+    ("128.0.0.1:80", "128.0.0.1:80"),
+])
+def test_http_off_loopback_needs_a_token(tmp_path, text, shown):
+    message = (f"^--http {shown} is not loopback: give --http-token FILE "
+               f"so that requests must carry a bearer token$")
+    for argv in in_every_form(tmp_path, "http", text):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            config("m", *argv)
+        assert config("m", *argv, "--http-token", token_file(tmp_path)).http.token_file
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:80", "127.255.255.254:80", "localhost:80",
+                                  "localhost.:80", "[::1]:80", ":80", "80"])
+def test_http_on_loopback_needs_no_token(text):
+    assert config("m", f"--http={text}").http.token_file is None
+
+
+def test_http_token_rule_applies_across_sources(tmp_path):
+    path = write_config(tmp_path, f'{SECTION}http = "0.0.0.0:80"\n')
+    with pytest.raises(ConfigError, match="is not loopback"):
+        config("m", "--config", path)
+    token = token_file(tmp_path)
+    assert config("m", "--config", path, "-o", f"http_token={token}").http == HTTPSettings(
+        ("0.0.0.0", 80), token)
+    # A loopback flag overrides the file's address, so no token is needed.
+    assert config("m", "--config", path, "--http=:80").http.address == ("127.0.0.1", 80)
+
+
+def test_http_help_says_off_and_loopback():
+    help_text = " ".join(build_parser().format_help().split())
+    assert "--http HOST:PORT" in help_text
+    assert "(default: off; when on, HOST defaults to 127.0.0.1, loopback only)" in help_text
+    assert "--http-read-only refuse" in help_text
+    assert "http=, http_token=, http_read_only," in help_text
+
+
 def run_cli(*argv):
     return subprocess.run([*CLI, *map(str, argv)], capture_output=True, text=True, timeout=30)
 
@@ -160,6 +371,25 @@ def test_cli_bad_size(tmp_path):
 ])
 def test_cli_bad_size_values(tmp_path, flag, fragment):
     assert_one_line_error(run_cli(tmp_path, flag), fragment, 2)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--http", "abc"], "--http: 'abc' is not HOST:PORT"),
+    (["-o", "http=70000"], "-o http: port 70000 in '70000' is not in 0..65535"),
+    (["--http", "0.0.0.0:8000"], "--http 0.0.0.0:8000 is not loopback: give --http-token FILE "
+                                 "so that requests must carry a bearer token"),
+    (["--http=:0", "--http-token", "/nonexistent/token"],
+     "--http-token: cannot read /nonexistent/token: No such file or directory"),
+    (["-o", "http_read_only=yes"], "-o http_read_only=yes: http_read_only takes no value"),
+])
+def test_cli_bad_http_settings(tmp_path, argv, fragment):
+    assert_one_line_error(run_cli(tmp_path, *argv), fragment, 2)
+
+
+def test_cli_bad_http_config_file(tmp_path):
+    path = write_config(tmp_path, f'{SECTION}http_read_only = "yes"\n')
+    assert_one_line_error(run_cli(tmp_path, "--config", path),
+                          "http_read_only: expected true or false, got 'yes'", 2)
 
 
 def test_cli_unreadable_config(tmp_path):
