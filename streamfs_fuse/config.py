@@ -189,13 +189,21 @@ def show(value: Any) -> str:
     if isinstance(value, SlowReaderPolicy):
         return value.value
     for unit, divider in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if value and value % divider == 0:
+        if isinstance(value, int) and value and value % divider == 0:
             return f"{value // divider}{unit}"
     return str(value)
 
 
 #: The settings dataclasses, by the name of their :class:`MountConfig` field.
 SECTIONS: dict[str, type] = {"settings": StreamSettings, "http": HTTPSettings}
+
+
+def parse_agfs_path(value: Any, what: str) -> str:
+    """An absolute path with no . or .. in it, such as /streamfs."""
+    if (not isinstance(value, str) or not value.startswith("/")
+            or any(name in (".", "..") for name in value.split("/")) or "\0" in value):
+        raise ConfigError(f"{what}: expected an absolute path such as /streamfs, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,10 @@ SETTINGS = (
     Setting("http_read_only", parse_switch,
             "refuse HTTP requests that write or remove streams (PUT, POST, DELETE)",
             section="http", field="read_only", switch=True),
+    Setting("agfs_path", parse_agfs_path,
+            "where the tree appears in the AGFS HTTP API under /api/v1 (AGFS's mount "
+            "path; also the TOML's [plugins.streamfs] path)",
+            metavar="PATH", section="http"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -330,5 +342,9 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path}: unknown key plugins.streamfs.config.{sorted(unknown)[0]}"
         )
-    return {key: SETTINGS_BY_NAME[key].parse(value, f"config file {path}: {key}")
-            for key, value in values.items()}
+    parsed = {key: SETTINGS_BY_NAME[key].parse(value, f"config file {path}: {key}")
+              for key, value in values.items()}
+    if "path" in section:  # AGFS's mount path, which the AGFS HTTP API serves
+        parsed.setdefault("agfs_path", parse_agfs_path(
+            section["path"], f"config file {path}: plugins.streamfs.path"))
+    return parsed

@@ -11,6 +11,8 @@ Routes:
   arrives, so a chunked upload is a live source.
 - ``DELETE /path``: rm (rmdir for an empty directory).
 
+The AGFS HTTP API is served on top of this door by :mod:`.agfs`.
+
 This door holds no stream policy: a response is a Reader and an upload a
 Writer of the core, so history, fanout, slow-reader policies and EOF on rm
 are the mount's. A client that goes away releases its reader at once. Errors
@@ -76,7 +78,6 @@ STATUS_BY_ERRNO = {
 WRITE_METHODS = {b"PUT", b"POST", b"DELETE"}
 ALLOWED = b"GET, HEAD, PUT, POST, DELETE"
 
-
 @dataclass(frozen=True)
 class HTTPSettings:
     """Whether and how the daemon serves its streams over HTTP."""
@@ -87,14 +88,18 @@ class HTTPSettings:
     token_file: str | None = None
     #: Refuse PUT, POST and DELETE with 403.
     read_only: bool = False
+    #: Where the tree appears in the AGFS API: AGFS's mount path (see :mod:`.agfs`).
+    agfs_path: str = "/streamfs"
 
 
 class Refused(Exception):
     """A request the door answers with ``status`` and an error message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, allow: bytes = ALLOWED) -> None:
         super().__init__(message)
         self.status = status
+        #: The methods a 405 names.
+        self.allow = allow
 
 
 def content_type(name: bytes) -> str:
@@ -166,23 +171,27 @@ class HTTPDoor:
             self._authorize(request)
             if request.method in WRITE_METHODS and self.settings.read_only:
                 raise Refused(403, "this server is read-only")
-            names = parse_path(request.target)
-            if request.method == b"GET":
-                await self._get(conn, sock, request, names)
-            elif request.method == b"HEAD":
-                await self._head(conn, sock, names)
-            elif request.method in (b"PUT", b"POST"):
-                await self._put(conn, sock, names)
-            elif request.method == b"DELETE":
-                await self._delete(conn, sock, names)
-            else:
-                raise Refused(405, f"method {request.method.decode(errors='replace')} "
-                                   "is not allowed")
+            await self._route(conn, sock, request)
         except Refused as e:
-            await self._send_error(conn, sock, e.status, str(e))
+            await self._send_error(conn, sock, e.status, str(e), e.allow)
         except OSError as e:
             await self._send_error(conn, sock, STATUS_BY_ERRNO.get(e.errno, 500),
                                    f"{e.strerror}: {request.target.decode(errors='replace')}")
+
+    async def _route(self, conn, sock, request: h11.Request) -> None:
+        """The native routes; a subclass may put its own in front."""
+        names = parse_path(request.target)
+        if request.method == b"GET":
+            await self._get(conn, sock, request, names)
+        elif request.method == b"HEAD":
+            await self._head(conn, sock, names)
+        elif request.method in (b"PUT", b"POST"):
+            await self._put(conn, sock, names)
+        elif request.method == b"DELETE":
+            await self._delete(conn, sock, names)
+        else:
+            raise Refused(405, f"method {request.method.decode(errors='replace')} "
+                               "is not allowed")
 
     def _authorize(self, request: h11.Request) -> None:
         if self._expected_authorization is None:
@@ -216,7 +225,7 @@ class HTTPDoor:
             return
         await self._stream(conn, sock, node)
 
-    async def _stream(self, conn, sock, node: StreamFile) -> None:
+    async def _stream(self, conn, sock, node: StreamFile, kind: bytes | None = None) -> None:
         namespace = self.namespace
         stream = node.stream
         namespace.hold(node)
@@ -224,7 +233,7 @@ class HTTPDoor:
         self.active += 1
         try:
             await sock.send_all(conn.send(response(status_code=200, headers=[
-                (b"content-type", content_type(node.name).encode()),
+                (b"content-type", kind or content_type(node.name).encode()),
                 (b"cache-control", b"no-cache, no-store"),
                 (b"x-content-type-options", b"nosniff"),
             ])))
@@ -281,6 +290,15 @@ class HTTPDoor:
         await sock.send_all(conn.send(h11.EndOfMessage()))
 
     async def _put(self, conn, sock, names: list[bytes]) -> None:
+        node, created, written = await self._upload(conn, sock, names)
+        body = json.dumps({"path": self.namespace.path(node), "written": written}).encode()
+        await self._send_whole(conn, sock, 201 if created else 200, body, b"application/json")
+
+    async def _upload(self, conn, sock, names: list[bytes]) -> tuple[StreamFile, bool, int]:
+        """Append the request body to the stream at ``names``, creating it if needed.
+
+        Returns the stream's node, whether it was created, and the bytes written.
+        """
         if not names:
             raise Refused(409, "/ is a directory")
         namespace = self.namespace
@@ -316,8 +334,7 @@ class HTTPDoor:
             self.active -= 1
             writer.close()
             namespace.release(node)
-        body = json.dumps({"path": namespace.path(node), "written": written}).encode()
-        await self._send_whole(conn, sock, 201 if created else 200, body, b"application/json")
+        return node, created, written
 
     async def _delete(self, conn, sock, names: list[bytes]) -> None:
         if not names:
@@ -331,6 +348,8 @@ class HTTPDoor:
             self.namespace.unlink(parent, names[-1])
         await sock.send_all(conn.send(response(status_code=204, headers=[])))
         await sock.send_all(conn.send(h11.EndOfMessage()))
+
+    # -- the AGFS API --------------------------------------------------------
 
     # -- listings and replies ------------------------------------------------
 
@@ -368,7 +387,8 @@ class HTTPDoor:
         await sock.send_all(conn.send(h11.Data(data=body)))
         await sock.send_all(conn.send(h11.EndOfMessage()))
 
-    async def _send_error(self, conn, sock, status: int, message: str) -> None:
+    async def _send_error(self, conn, sock, status: int, message: str,
+                          allow: bytes = ALLOWED) -> None:
         """Answer with an AGFS-style ``{"error": ...}`` body, if a reply can still start."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
@@ -376,7 +396,7 @@ class HTTPDoor:
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", b"%d" % len(body))]
         if status == 405:
-            headers.append((b"allow", ALLOWED))
+            headers.append((b"allow", allow))
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
         try:
@@ -401,7 +421,11 @@ def parse_path(target: bytes) -> list[bytes]:
     path = target.split(b"?", 1)[0]
     if not path.startswith(b"/"):
         raise Refused(400, "the path must start with /")
-    decoded = unquote_to_bytes(path)
+    return check_path(unquote_to_bytes(path))
+
+
+def check_path(decoded: bytes) -> list[bytes]:
+    """The names along an already decoded path, refused with 400 as :func:`parse_path` says."""
     if len(decoded) > MAX_PATH:
         raise Refused(400, "the path is too long")
     if b"\0" in decoded:

@@ -24,6 +24,7 @@ import trio
 
 from .config import MountConfig
 from .fs import StreamFS
+from .agfs import AGFSDoor
 from .http import HTTPDoor, HTTPSettings
 from .namespace import Namespace
 
@@ -93,7 +94,7 @@ def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
     if settings.token_file:
         with open(settings.token_file, "rb") as f:
             token = f.readline().strip()
-    return HTTPDoor(namespace, settings, token)
+    return AGFSDoor(namespace, settings, token)
 
 
 def fuse_options(config: MountConfig) -> set[str]:

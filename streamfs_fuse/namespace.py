@@ -158,6 +158,25 @@ class Namespace:
             raise fail(errno.ENOTEMPTY)
         self._remove(parent, name)
 
+    def remove_tree(self, parent: Directory, name: bytes) -> None:
+        """rm -r: a stream, or a directory and all it holds, depth first, without recursion."""
+        node = self.child(parent, name)
+        if not isinstance(node, Directory):
+            self.unlink(parent, name)
+            return
+        pending = [(parent, name, node)]
+        while pending:
+            parent, name, directory = pending[-1]
+            if not directory.entries:
+                self.rmdir(parent, name)
+                pending.pop()
+                continue
+            child_name, child = next(iter(directory.entries.items()))
+            if isinstance(child, Directory):
+                pending.append((directory, child_name, child))
+            else:
+                self.unlink(directory, child_name)
+
     def rename(self, old_parent: Directory, old_name: bytes, new_parent: Directory,
                new_name: bytes, *, replace: bool = True) -> None:
         """Move a node; a stream replaced at the new name ends, as with rm."""

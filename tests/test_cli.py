@@ -95,7 +95,8 @@ def sample(setting, tmp_path):
     """A valid value for ``setting`` that is not its default."""
     if setting.choices:
         return setting.choices[-1]
-    return {"http": "127.0.0.1:8000", "http_token": token_file(tmp_path)}.get(setting.name, "1MB")
+    return {"http": "127.0.0.1:8000", "http_token": token_file(tmp_path),
+            "agfs_path": "/media/live"}.get(setting.name, "1MB")
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -449,3 +450,16 @@ def test_cli_daemon_returns_when_mounted_and_exits_on_unmount(tmp_path):
 def test_version_and_help():
     assert run_cli("--version").stdout.startswith("streamfs-fuse ")
     assert "ring-buffer-size" in run_cli("--help").stdout
+
+
+def test_agfs_path_comes_from_the_toml_plugin_path(tmp_path):
+    def parse(path):
+        return config("mnt", "--config", path)
+
+    toml = tmp_path / "agfs.toml"
+    toml.write_text('[plugins.streamfs]\npath = "/media/live"\n')
+    assert parse(str(toml)).http.agfs_path == "/media/live"
+    assert MountConfig("m").http.agfs_path == "/streamfs"
+    toml.write_text('[plugins.streamfs]\npath = "/a/../b"\n')
+    with pytest.raises(ConfigError, match="plugins.streamfs.path: expected an absolute path"):
+        parse(str(toml))

@@ -80,3 +80,14 @@ def test_a_held_node_outlives_its_name(ns):
     refused(errno.ENOENT, ns.node, s.inode)
     # Inode numbers are never reused.
     assert ns.create(StreamFile, ns.root, b"s", 0o644, 0, 0).inode > s.inode
+
+
+def test_remove_tree_removes_everything_under_a_name_without_recursion(ns):
+    node = top = ns.create(Directory, ns.root, b"top", 0o755, 0, 0)
+    streams = []
+    for _ in range(3000):
+        streams.append(ns.create(StreamFile, node, b"s", 0o644, 0, 0))
+        node = ns.create(Directory, node, b"d", 0o755, 0, 0)
+    ns.remove_tree(ns.root, b"top")
+    assert ns.root.entries == {} and not top.linked
+    assert all(s.stream.closed for s in streams) and len(ns.nodes) == 1

@@ -1,0 +1,377 @@
+"""The AGFS HTTP API, served by the HTTP door under ``/api/v1/``.
+
+So that AGFS clients such as the ``pyagfs`` SDK work unmodified against a
+streamfs-fuse daemon. AGFS paths are given as ``?path=`` and name the tree
+under the AGFS mount path (``/streamfs`` by default, the TOML's
+``[plugins.streamfs] path``): ``/streamfs/a/b`` is the native ``/a/b``. Paths
+above it are the virtual directories leading to it; paths beside it are not
+found. A native stream named ``/api/v1/...`` is therefore not reachable over
+HTTP (it still is through the mount).
+
+Each route translates onto the same namespace and stream calls as the native
+routes: no stream policy and no tree rule lives here. Errors are AGFS's
+``{"error": "op: path: reason"}``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from urllib.parse import parse_qsl
+
+import h11
+import trio
+
+from .http import (READ_SIZE, STATUS_BY_ERRNO, HTTPDoor, HTTPSettings, Refused, check_path,
+                   parse_path)
+from .namespace import Directory, Namespace, Node, StreamFile
+
+__all__ = ["AGFSDoor"]
+
+#: Where the AGFS API lives; see :data:`API_ROUTES`.
+API_PREFIX = b"/api/v1/"
+#: Largest JSON body an AGFS call other than a write may carry.
+MAX_API_BODY = 64 * 1024
+#: AGFS's wording for the errors its clients look for; others are strerror.
+AGFS_REASONS = {errno.ENOENT: "not found", errno.EEXIST: "already exists",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+#: The plugin name AGFS's streamfs puts in file info and mount listings.
+PLUGIN_NAME = "streamfs"
+
+#: The AGFS API: path -> {method: the AGFSDoor method that answers it}. Each
+#: is a translation onto the namespace and stream calls the native routes use.
+API_ROUTES: dict[bytes, dict[bytes, str]] = {
+    b"/api/v1/health": {b"GET": "_api_health"},
+    b"/api/v1/ready": {b"GET": "_api_health"},
+    b"/api/v1/version": {b"GET": "_api_version"},
+    b"/api/v1/mounts": {b"GET": "_api_mounts"},
+    b"/api/v1/files": {b"GET": "_api_read", b"PUT": "_api_write", b"POST": "_api_create",
+                       b"DELETE": "_api_delete"},
+    b"/api/v1/directories": {b"GET": "_api_list", b"POST": "_api_mkdir",
+                             b"DELETE": "_api_delete"},
+    b"/api/v1/list": {b"GET": "_api_list"},
+    b"/api/v1/mkdir": {b"POST": "_api_mkdir"},
+    b"/api/v1/stat": {b"GET": "_api_stat"},
+    b"/api/v1/touch": {b"POST": "_api_touch"},
+    b"/api/v1/rename": {b"POST": "_api_rename"},
+}
+
+
+class AGFSDoor(HTTPDoor):
+    """The HTTP door, with the AGFS API in front of its native routes."""
+
+    def __init__(self, namespace: Namespace, settings: HTTPSettings,
+                 token: bytes | None = None) -> None:
+        super().__init__(namespace, settings, token)
+        #: Where the tree appears in the AGFS API (AGFS's mount path), and its names.
+        self._agfs_names = parse_path(os.fsencode(settings.agfs_path))
+        self.agfs_path = "/" + "/".join(map(os.fsdecode, self._agfs_names))
+
+    async def _route(self, conn, sock, request: h11.Request) -> None:
+        if request.target.startswith(API_PREFIX):
+            await self._api(conn, sock, request)
+        else:
+            await super()._route(conn, sock, request)
+
+    async def _api(self, conn, sock, request: h11.Request) -> None:
+        route, _, query = request.target.partition(b"?")
+        methods = API_ROUTES.get(route)
+        if methods is None:
+            raise Refused(404, "404 page not found")
+        if request.method not in methods:
+            raise Refused(405, "method not allowed", allow=b", ".join(methods))
+        params = parse_query(query)
+        # A write streams its body into the stream; any other call reads its
+        # (small, JSON) body first, so that the connection can be kept.
+        body = None if request.method == b"PUT" else await self._read_body(conn, sock)
+        await getattr(self, methods[request.method])(conn, sock, params, body)
+
+    async def _read_body(self, conn, sock) -> bytes:
+        body = b""
+        while True:
+            event = await self._next_event(conn, sock)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_API_BODY:
+                    raise Refused(413, "request body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return body
+            else:
+                raise h11.RemoteProtocolError("incomplete body", error_status_hint=400)
+
+    def _api_names(self, params: dict[str, str], op: str) -> tuple[str, list[bytes]]:
+        """The ``path`` parameter, and the names under the AGFS mount path it stands for."""
+        path, names = self._api_path(params)
+        inside = self._under_mount(names)
+        if inside is None:
+            if op in ("create", "mkdir"):
+                raise Refused(403, f"{op}: {path}: permission denied (not allowed to create "
+                                   "file in rootfs, use mount instead)")
+            raise Refused(404, f"{op}: {path}: not found")
+        return path, inside
+
+    @staticmethod
+    def _api_path(params: dict[str, str], default: str | None = None) -> tuple[str, list[bytes]]:
+        path = params.get("path") or default
+        if not path:
+            raise Refused(400, "path parameter is required")
+        if not path.startswith("/"):
+            raise Refused(400, "the path must start with /")
+        return path, check_path(os.fsencode(path))
+
+    def _under_mount(self, names: list[bytes]) -> list[bytes] | None:
+        """``names`` relative to the AGFS mount path, or None when not under it."""
+        mount = self._agfs_names
+        return names[len(mount):] if names[:len(mount)] == mount else None
+
+    def _above_mount(self, names: list[bytes]) -> bytes | None:
+        """For a virtual directory leading to the mount path, its one entry's name."""
+        mount = self._agfs_names
+        return mount[len(names)] if mount[:len(names)] == names != mount else None
+
+    async def _api_health(self, conn, sock, params, body) -> None:
+        await self._send_json(conn, sock, 200, {
+            "status": "healthy", **version_info(), "ready": True, "degraded": False,
+            "mounts": {"total": 1, "pending": 0, "mounted": 1, "failed": 0}})
+
+    async def _api_version(self, conn, sock, params, body) -> None:
+        await self._send_json(conn, sock, 200, version_info())
+
+    async def _api_mounts(self, conn, sock, params, body) -> None:
+        await self._send_json(conn, sock, 200, {"mounts": [
+            {"path": self.agfs_path, "pluginName": PLUGIN_NAME, "status": "mounted"}]})
+
+    async def _api_read(self, conn, sock, params, body) -> None:
+        """Stream with ``stream=true`` (history, then live until rm), else what the ring holds."""
+        path, names = self._api_names(params, "read")
+        with agfs_errors("read", path):
+            node = self._resolve(names)
+            if isinstance(node, Directory):
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if params.get("stream") == "true":
+            await self._stream(conn, sock, node, b"application/octet-stream")
+            return
+        offset, size = int_param(params, "offset", 0), int_param(params, "size", -1)
+        if offset < 0:
+            raise Refused(400, "invalid offset parameter")
+        data = await self._snapshot(node, offset, math.inf if size < 0 else size)
+        await self._send_whole(conn, sock, 200, data, b"application/octet-stream")
+
+    async def _snapshot(self, node: StreamFile, offset: int, size: float) -> bytes:
+        """What a reader opened now is given at once: the ring, from stream ``offset`` on."""
+        stream = node.stream
+        reader = stream.open_reader(lossy=True)
+        pieces = []
+        try:
+            if offset:
+                reader.seek(offset)
+            while size > 0:
+                try:
+                    data = await reader.read(min(READ_SIZE, size), nonblocking=True)
+                except trio.WouldBlock:
+                    break
+                if not data:
+                    break
+                pieces.append(bytes(data))
+                size -= len(data)
+        finally:
+            stream.release_reader(reader)
+        return b"".join(pieces)
+
+    async def _api_write(self, conn, sock, params, body) -> None:
+        """Append the body, creating the stream if needed (AGFS's streamfs appends too)."""
+        path, names = self._api_names(params, "write")
+        with agfs_errors("write", path):
+            if not names:
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            _, _, written = await self._upload(conn, sock, names)
+        await self._send_json(conn, sock, 200, {"message": f"Written {written} bytes"})
+
+    async def _api_create(self, conn, sock, params, body) -> None:
+        path, names = self._api_names(params, "create")
+        with agfs_errors("create", path):
+            parent = self._parent(names)
+            self.namespace.create(StreamFile, parent, names[-1], 0o644, parent.uid, parent.gid)
+        await self._send_json(conn, sock, 201, {"message": "file created"})
+
+    async def _api_mkdir(self, conn, sock, params, body) -> None:
+        path, names = self._api_names(params, "mkdir")
+        try:
+            mode = int(params.get("mode") or "755", 8)
+        except ValueError:
+            raise Refused(400, "invalid mode") from None
+        with agfs_errors("mkdir", path):
+            parent = self._parent(names)
+            self.namespace.create(Directory, parent, names[-1], mode, parent.uid, parent.gid)
+        await self._send_json(conn, sock, 201, {"message": "directory created"})
+
+    async def _api_delete(self, conn, sock, params, body) -> None:
+        """rm, rmdir, or with ``recursive=true`` rm -r."""
+        path, names = self._api_names(params, "remove")
+        if not names:
+            raise Refused(403, f"remove: {path}: permission denied (a mount point)")
+        with agfs_errors("remove", path):
+            parent = self._parent(names)
+            if params.get("recursive") == "true":
+                self.namespace.remove_tree(parent, names[-1])
+            elif isinstance(self.namespace.child(parent, names[-1]), Directory):
+                self.namespace.rmdir(parent, names[-1])
+            else:
+                self.namespace.unlink(parent, names[-1])
+        await self._send_json(conn, sock, 200, {"message": "deleted"})
+
+    async def _api_list(self, conn, sock, params, body) -> None:
+        path, names = self._api_path(params, default="/")
+        entry = self._above_mount(names)
+        if entry is not None:
+            files = [virtual_info(os.fsdecode(entry), "mount-point", "rootfs")]
+        else:
+            inside = self._under_mount(names)
+            if inside is None:
+                raise Refused(404, f"readdir: {path}: not found")
+            with agfs_errors("readdir", path):
+                directory = self._resolve(inside)
+                if not isinstance(directory, Directory):
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            files = [file_info(node) for node in directory.entries.values()]
+        await self._send_json(conn, sock, 200, {"files": files})
+
+    async def _api_stat(self, conn, sock, params, body) -> None:
+        path, names = self._api_path(params)
+        if not names:
+            info = virtual_info("/", "root")
+        elif self._above_mount(names) is not None:
+            info = virtual_info(os.fsdecode(names[-1]), "mount-point")
+        else:
+            inside = self._under_mount(names)
+            if inside is None:
+                raise Refused(404, f"stat: {path}: not found")
+            with agfs_errors("stat", path):
+                node = self._resolve(inside)
+            info = file_info(node, os.fsdecode(names[-1]))
+        await self._send_json(conn, sock, 200, info)
+
+    async def _api_touch(self, conn, sock, params, body) -> None:
+        """Create a stream, or set an existing one's mtime to now."""
+        path, names = self._api_names(params, "touch")
+        if not names:
+            raise Refused(400, "cannot touch directory")
+        with agfs_errors("touch", path):
+            parent = self._parent(names)
+            node = parent.entries.get(names[-1])
+            if node is None:
+                self.namespace.create(StreamFile, parent, names[-1], 0o644,
+                                      parent.uid, parent.gid)
+            elif isinstance(node, Directory):
+                raise Refused(400, "cannot touch directory")
+            else:
+                node.mtime_ns = node.ctime_ns = time.time_ns()
+        await self._send_json(conn, sock, 200, {"message": "touched"})
+
+    async def _api_rename(self, conn, sock, params, body) -> None:
+        """``?path=OLD`` with ``{"newPath": NEW}``: mv, replacing a stream at NEW as mv does."""
+        path, names = self._api_names(params, "rename")
+        try:
+            new_path = json.loads(body or b"{}").get("newPath")
+        except (ValueError, AttributeError):
+            raise Refused(400, "invalid request body") from None
+        if not new_path or not isinstance(new_path, str):
+            raise Refused(400, "newPath is required")
+        _, new_names = self._api_path({"path": new_path})
+        new_names = self._under_mount(new_names)
+        if new_names is None or not names or not new_names:
+            raise Refused(400, "cannot rename: paths not in same mounted filesystem")
+        with agfs_errors("rename", path):
+            self.namespace.rename(self._parent(names), names[-1],
+                                  self._parent(new_names), new_names[-1])
+        await self._send_json(conn, sock, 200, {"message": "renamed"})
+
+    def _parent(self, names: list[bytes]) -> Directory:
+        """The directory ``names`` would be in (the mount root itself has none here)."""
+        if not names:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        parent = self._resolve(names[:-1])
+        if not isinstance(parent, Directory):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        return parent
+
+    async def _send_json(self, conn, sock, status: int, value) -> None:
+        body = json.dumps(value).encode() + b"\n"
+        await self._send_whole(conn, sock, status, body, b"application/json")
+
+
+def parse_query(query: bytes) -> dict[str, str]:
+    """A query string's parameters, the first of each name kept (as Go's Query().Get)."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query.decode("ascii", "surrogateescape"),
+                                 keep_blank_values=True, errors="surrogateescape"):
+        params.setdefault(name, value)
+    return params
+
+
+def int_param(params: dict[str, str], name: str, default: int) -> int:
+    value = params.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise Refused(400, f"invalid {name} parameter") from None
+
+
+@contextmanager
+def agfs_errors(op: str, path: str):
+    """Turn the namespace's OSError into AGFS's ``op: path: reason`` error and status."""
+    try:
+        yield
+    except OSError as e:
+        reason = AGFS_REASONS.get(e.errno) or (e.strerror or "error").lower()
+        raise Refused(STATUS_BY_ERRNO.get(e.errno, 500), f"{op}: {path}: {reason}") from None
+
+
+def file_info(node: Node, name: str | None = None) -> dict:
+    """AGFS's file info object for a node (``meta`` keys are capitalised, as AGFS sends them)."""
+    info = {"name": os.fsdecode(node.name) if name is None else name, "size": 0,
+            "mode": stat.S_IMODE(node.mode), "modTime": rfc3339(node.mtime_ns),
+            "isDir": isinstance(node, Directory),
+            "meta": {"Name": PLUGIN_NAME, "Type": "", "Content": None}}
+    if isinstance(node, StreamFile):
+        statistics = node.stream.statistics()
+        content = {"total_written": str(statistics.bytes_written),
+                   "active_readers": str(statistics.readers)}
+        for key, value in asdict(statistics).items():
+            content[key] = str(getattr(value, "value", value))
+        info["size"] = statistics.bytes_written
+        info["meta"].update(Type="stream", Content=content)
+    return info
+
+
+def virtual_info(name: str, kind: str, plugin: str = "") -> dict:
+    """File info for the root and the directories leading to the AGFS mount path."""
+    return {"name": name, "size": 0, "mode": 0o755, "modTime": rfc3339(time.time_ns()),
+            "isDir": True, "meta": {"Name": plugin, "Type": kind, "Content": None}}
+
+
+def rfc3339(ns: int) -> str:
+    """Go's RFC3339Nano, in UTC: trailing zeros of the fraction dropped."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    text = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += "." + f"{fraction:09d}".rstrip("0")
+    return text + "Z"
+
+
+def version_info() -> dict[str, str]:
+    try:
+        version = metadata.version("streamfs-fuse")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"version": version, "gitCommit": "", "buildTime": ""}

@@ -1,0 +1,243 @@
+"""The AGFS HTTP API of the door, driven by the AGFS Python SDK (pyagfs) unmodified.
+
+A real daemon is mounted with ``--http``; what pyagfs does is checked
+through the mount, and what is written through the mount is read with
+pyagfs. Error bodies and statuses are checked with raw requests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+
+import pytest
+import trio
+from pyagfs import AGFSClient
+from pyagfs.exceptions import AGFSClientError
+
+from conftest import wait_until
+from streamfs_fuse.agfs import AGFSDoor
+from streamfs_fuse.http import HTTPSettings
+from streamfs_fuse.namespace import Namespace
+from streamfs_fuse.stream import StreamSettings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class Door:
+    """A mount with its HTTP door, a pyagfs client, and raw requests to the door."""
+
+    def __init__(self, mount, port: int) -> None:
+        self.mount = mount
+        self.port = port
+        self.client = AGFSClient(f"http://127.0.0.1:{port}")
+
+    def raw(self, method: str, target: str, body: bytes | None = None):
+        """``(status, headers, body)`` for a request whose target is sent exactly as given."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, target, body=body)
+            response = connection.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            connection.close()
+
+    def error(self, method: str, target: str) -> tuple[int, dict]:
+        status, headers, body = self.raw(method, target)
+        assert headers["content-type"] == "application/json", target
+        return status, json.loads(body)
+
+
+@pytest.fixture
+def door(mount_with):
+    port = free_port()
+    mount = mount_with("--http", f"127.0.0.1:{port}")
+    wait_until(lambda: accepts(port), what="the HTTP door to accept connections")
+    door = Door(mount, port)
+    yield door
+    door.client.session.close()
+
+
+def names(entries) -> set[str]:
+    return {entry["name"] for entry in entries}
+
+
+def test_health_mounts_and_the_root(door):
+    client = door.client
+    health = client.health()
+    assert health["status"] == "healthy" and health["ready"] is True
+    assert client.mounts() == [{"path": "/streamfs", "pluginName": "streamfs",
+                                "status": "mounted"}]
+    [entry] = client.ls("/")
+    assert entry["name"] == "streamfs" and entry["isDir"] is True
+    assert entry["meta"] == {"Name": "rootfs", "Type": "mount-point", "Content": None}
+    assert client.stat("/")["isDir"] is True
+    assert client.ls("/streamfs") == []
+    root = client.stat("/streamfs")
+    assert root["name"] == "streamfs" and root["isDir"] is True and root["mode"] == 0o755
+
+
+def test_files_and_directories_through_pyagfs_show_in_the_mount(door):
+    client, mnt = door.client, door.mount
+    assert client.mkdir("/streamfs/dir") == {"message": "directory created"}
+    assert (mnt / "dir").is_dir()
+    assert client.create("/streamfs/dir/a") == {"message": "file created"}
+    assert (mnt / "dir" / "a").is_file()
+    with pytest.raises(AGFSClientError, match="already exists"):
+        client.create("/streamfs/dir/a")
+    assert client.touch("/streamfs/dir/b") == {"message": "touched"}
+    before = client.stat("/streamfs/dir/b")["modTime"]
+    assert client.touch("/streamfs/dir/b") == {"message": "touched"}
+    assert client.stat("/streamfs/dir/b")["modTime"] >= before
+
+    assert client.write("/streamfs/dir/a", b"hello") == "Written 5 bytes"
+    assert client.write("/streamfs/dir/a", b" world") == "Written 6 bytes"  # appends
+    info = client.stat("/streamfs/dir/a")
+    assert info["name"] == "a" and info["size"] == 11 and info["isDir"] is False
+    assert info["mode"] == 0o644 and info["modTime"].endswith("Z")
+    assert info["meta"]["Name"] == "streamfs" and info["meta"]["Type"] == "stream"
+    assert info["meta"]["Content"]["total_written"] == "11"
+    assert info["meta"]["Content"]["active_readers"] == "0"
+    listing = {entry["name"]: entry for entry in client.ls("/streamfs/dir")}
+    assert set(listing) == {"a", "b"} and listing["a"]["size"] == 11
+    assert names(client.ls("/streamfs")) == {"dir"}
+    assert client.ls("/streamfs")[0]["isDir"] is True
+
+    assert client.mv("/streamfs/dir/a", "/streamfs/c") == {"message": "renamed"}
+    assert sorted(os.listdir(mnt.path)) == ["c", "dir"] and os.listdir(mnt / "dir") == ["b"]
+    assert client.cat("/streamfs/c") == b"hello world"
+
+    with pytest.raises(AGFSClientError, match="not empty"):
+        client.rm("/streamfs/dir")
+    assert client.rm("/streamfs/c") == {"message": "deleted"}
+    client.mkdir("/streamfs/dir/sub")
+    client.write("/streamfs/dir/sub/deep", b"x")
+    assert client.rm("/streamfs/dir", recursive=True) == {"message": "deleted"}
+    assert os.listdir(mnt.path) == []
+    with pytest.raises(AGFSClientError, match="not found"):
+        client.stat("/streamfs/dir")
+    with pytest.raises(AGFSClientError, match="not found"):
+        client.rm("/streamfs/dir")
+
+
+@pytest.mark.timeout(60)
+def test_cat_stream_gives_history_then_live_data_until_rm_through_the_mount(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/live", b"history\n")
+    response = client.cat("/streamfs/live", stream=True)
+    try:
+        assert response.headers["content-type"] == "application/octet-stream"
+        pieces = response.iter_content(chunk_size=None)
+        received = b""
+        while received != b"history\n":
+            received += next(pieces)
+        assert client.stat("/streamfs/live")["meta"]["Content"]["active_readers"] == "1"
+        with open(mnt / "live", "wb", buffering=0) as writer:
+            writer.write(b"live\n")
+            while received != b"history\nlive\n":
+                received += next(pieces)
+        client.write("/streamfs/live", b"more\n")
+        while received != b"history\nlive\nmore\n":
+            received += next(pieces)
+        os.unlink(mnt / "live")  # rm through the mount ends the response
+        assert b"".join(pieces) == b""
+    finally:
+        response.close()
+
+
+def test_cat_without_stream_gives_what_the_ring_holds_now(door):
+    client, mnt = door.client, door.mount
+    client.create("/streamfs/s")
+    assert client.cat("/streamfs/s") == b""
+    with open(mnt / "s", "wb", buffering=0) as writer:
+        writer.write(b"0123456789")
+        assert client.cat("/streamfs/s") == b"0123456789"  # and does not wait for more
+        assert client.cat("/streamfs/s", offset=3, size=4) == b"3456"
+        assert client.cat("/streamfs/s", size=2) == b"01"
+    assert client.read("/streamfs/s", offset=8) == b"89"
+
+
+def test_errors_have_agfs_shape_and_status(door):
+    door.client.mkdir("/streamfs/d")
+    assert door.error("GET", "/api/v1/stat?path=/streamfs/missing") == (
+        404, {"error": "stat: /streamfs/missing: not found"})
+    assert door.error("GET", "/api/v1/files?path=/streamfs/missing") == (
+        404, {"error": "read: /streamfs/missing: not found"})
+    assert door.error("GET", "/api/v1/directories?path=/elsewhere") == (
+        404, {"error": "readdir: /elsewhere: not found"})
+    assert door.error("PUT", "/api/v1/files?path=/elsewhere/x") == (
+        404, {"error": "write: /elsewhere/x: not found"})
+    assert door.error("GET", "/api/v1/stat") == (400, {"error": "path parameter is required"})
+    assert door.error("POST", "/api/v1/directories?path=/streamfs/d") == (
+        409, {"error": "mkdir: /streamfs/d: already exists"})
+    assert door.error("POST", "/api/v1/directories?path=/streamfs/e&mode=9x") == (
+        400, {"error": "invalid mode"})
+    assert door.error("POST", "/api/v1/rename?path=/streamfs/d")[0] == 400  # no newPath
+    assert door.error("PATCH", "/api/v1/files?path=/streamfs/d") == (
+        405, {"error": "method not allowed"})
+    assert door.error("GET", "/api/v1/nonsense")[0] == 404
+    # Confinement holds for path= as for native paths.
+    for target in ("/api/v1/stat?path=/streamfs/../etc",
+                   "/api/v1/stat?path=/streamfs/%2e%2e/etc",
+                   "/api/v1/files?path=/streamfs/%2E%2E",
+                   "/api/v1/stat?path=/streamfs/a%00b",
+                   "/api/v1/stat?path=/streamfs/" + "n" * 300,
+                   "/api/v1/stat?path=/" + "a/" * 2100,
+                   "/api/v1/stat?path=streamfs"):
+        status, body = door.error("GET", target)
+        assert status == 400 and "error" in body, target
+    with pytest.raises(AGFSClientError, match="not found"):
+        door.client.cat("/streamfs/missing", stream=True)
+
+
+def test_native_routes_are_unchanged(door):
+    status, _, body = door.raw("PUT", "/native", b"abc")
+    assert status == 201 and json.loads(body) == {"path": "/native", "written": 3}
+    status, _, body = door.raw("GET", "/")
+    assert status == 200 and [e["name"] for e in json.loads(body)] == ["native"]
+    assert door.client.stat("/streamfs/native")["size"] == 3
+    status, _, _ = door.raw("DELETE", "/native")
+    assert status == 204 and door.client.ls("/streamfs") == []
+    status, _, body = door.raw("GET", "/%2e%2e/x")
+    assert status == 400 and "error" in json.loads(body)
+
+
+async def test_the_agfs_mount_path_is_a_constructor_argument():
+    namespace = Namespace(StreamSettings(), os.getuid(), os.getgid())
+    door = AGFSDoor(namespace, HTTPSettings(address=("127.0.0.1", 0),
+                                            agfs_path="/data/streams"))
+    async with trio.open_nursery() as nursery:
+        [listener, *_] = await nursery.start(door.serve)
+        port = listener.socket.getsockname()[1]
+        client = AGFSClient(f"http://127.0.0.1:{port}")
+
+        def drive():
+            try:
+                assert names(client.ls("/")) == {"data"}
+                assert names(client.ls("/data")) == {"streams"}
+                assert client.stat("/data")["meta"]["Type"] == "mount-point"
+                client.write("/data/streams/s", b"abc")
+                assert names(client.ls("/data/streams")) == {"s"}
+                assert client.cat("/data/streams/s") == b"abc"
+                with pytest.raises(AGFSClientError, match="not found"):
+                    client.stat("/streamfs/s")
+            finally:
+                client.session.close()
+
+        await trio.to_thread.run_sync(drive)
+        assert namespace.child(namespace.root, b"s").stream.bytes_written == 3
+        nursery.cancel_scope.cancel()
