@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import require_fuse, wait_until
+from conftest import as_user, require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
 from streamfs_fuse.config import SECTIONS, SETTINGS, ConfigError, MountConfig
 from streamfs_fuse.http import HTTPSettings
@@ -278,12 +278,14 @@ def test_bad_http_token_files(tmp_path, make, message):
         assert str(error.value).endswith(where + message.format(path=path)), argv
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_http_token_file(tmp_path):
+def test_unreadable_http_token_file(tmp_path, unprivileged_user):
+    # As another user: root reads any file.
     path = token_file(tmp_path)
     os.chmod(path, 0)
-    with pytest.raises(ConfigError, match=f"^--http-token: cannot read {path}: Permission denied$"):
-        config("m", "--http-token", path)
+    result = as_user(unprivileged_user, *CLI, "/nonexistent", "--http", "8000",
+                     "--http-token", path)
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"--http-token: cannot read {path}: Permission denied\n")
 
 
 def test_http_read_only(tmp_path):
