@@ -143,6 +143,17 @@ class StreamFS(pyfuse3.Operations):
         self._listings: dict[int, Listing] = {}
         self._fhs = itertools.count(1)
         self.signals = SignalWatch()
+        # True while a FUSE request changes names: the kernel knows those already.
+        self._own_change = False
+
+    def init(self) -> None:
+        # The kernel caches names for ENTRY_TIMEOUT; when another door removes
+        # or moves one, it must be told at once.
+        self.namespace.name_watchers.append(self._name_gone)
+
+    def _name_gone(self, parent: Directory, name: bytes) -> None:
+        if not self._own_change:
+            pyfuse3.invalidate_entry_async(parent.inode, name, ignore_enoent=True)
 
     # -- helpers ---------------------------------------------------------
 
@@ -232,18 +243,30 @@ class StreamFS(pyfuse3.Operations):
         return self._attributes(node)
 
     async def unlink(self, parent_inode, name, ctx):
-        self.namespace.unlink(self.namespace.directory(parent_inode), name)
+        self._own_change = True
+        try:
+            self.namespace.unlink(self.namespace.directory(parent_inode), name)
+        finally:
+            self._own_change = False
 
     async def rmdir(self, parent_inode, name, ctx):
-        self.namespace.rmdir(self.namespace.directory(parent_inode), name)
+        self._own_change = True
+        try:
+            self.namespace.rmdir(self.namespace.directory(parent_inode), name)
+        finally:
+            self._own_change = False
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         namespace = self.namespace
-        namespace.rename(namespace.directory(parent_inode_old), name_old,
-                         namespace.directory(parent_inode_new), name_new,
-                         replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        self._own_change = True
+        try:
+            namespace.rename(namespace.directory(parent_inode_old), name_old,
+                             namespace.directory(parent_inode_new), name_new,
+                             replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        finally:
+            self._own_change = False
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EPERM)

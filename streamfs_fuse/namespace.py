@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -90,6 +91,9 @@ class Namespace:
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.closed = False
+        #: Called with (directory, name) when a name goes away, by rm, rmdir or
+        #: mv, so that a door that caches names (the kernel does) can forget it.
+        self.name_watchers: list[Callable[[Directory, bytes], None]] = []
 
     # -- finding nodes -------------------------------------------------------
 
@@ -228,10 +232,11 @@ class Namespace:
         self.nodes[node.inode] = node
         parent.mtime_ns = parent.ctime_ns = time.time_ns()
 
-    @staticmethod
-    def _detach(parent: Directory, name: bytes) -> Node:
+    def _detach(self, parent: Directory, name: bytes) -> Node:
         node = parent.entries.pop(name)
         parent.subdirs -= isinstance(node, Directory)
+        for watcher in self.name_watchers:
+            watcher(parent, name)
         return node
 
     def _remove(self, parent: Directory, name: bytes) -> None:
