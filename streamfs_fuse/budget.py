@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .reader import Reader
+    from .stream import Stream
 
 __all__ = ["MemoryBudget", "physical_memory"]
 
@@ -27,19 +28,26 @@ class MemoryBudget:
     Over the limit, :meth:`shed` takes data from the readers furthest behind,
     anywhere in the mount, but only from readers whose stream may lose data
     (``drop`` and ``disconnect``): under ``block`` the writers wait instead
-    (see :meth:`Stream.write`). ``limit=None`` means no cap.
+    (see :meth:`Stream.write`), and every release of memory wakes them to look
+    again. ``limit=None`` means no cap.
     """
 
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.readers: set[Reader] = set()
+        #: Streams with block writes waiting for memory to be freed.
+        self.cap_waiters: set[Stream] = set()
 
     def hold(self, footprint: int) -> None:
         self.used += footprint
 
     def release(self, footprint: int) -> None:
         self.used -= footprint
+        if self.cap_waiters:
+            for stream in self.cap_waiters:
+                stream.cap_waiters.unpark_all()
+            self.cap_waiters.clear()
 
     def over(self) -> bool:
         return self.limit is not None and self.used > self.limit

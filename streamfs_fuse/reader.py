@@ -277,6 +277,8 @@ class Reader:
             stream.release(chunk.footprint)
         if self._room:
             self._room.unpark_all()
+        if stream.cap_waiters:
+            stream.cap_waiters.unpark_all()
         if stream.writable_watchers:
             stream.notify_writable()
 

@@ -146,6 +146,9 @@ class Stream:
         # order they arrived: the head of this queue is the one whose turn it is.
         self._write_queue: list[object] = []  # short; a deque costs 760 bytes per stream
         self._turn = trio.lowlevel.ParkingLot()
+        #: Block writes waiting for the memory cap: woken when the mount's
+        #: budget frees memory and when this stream's readers read on.
+        self.cap_waiters = trio.lowlevel.ParkingLot()
         #: Callbacks of writers polling for room, called once it comes.
         self.writable_watchers: dict[Writer, Callable[[], None]] = {}
 
@@ -248,15 +251,17 @@ class Stream:
         while True:
             slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
                         None)
-            if slow is None and not budget.has_room(footprint):
-                budget.shed()
-                if not budget.has_room(footprint):
-                    # Wait for this stream's reader furthest behind to read on.
-                    slow = max((r for r in self.readers if not r.lossy and r.backlog),
-                               key=lambda reader: reader.backlog, default=None)
-            if slow is None:
+            if slow is not None:
+                await self._park(waiter, slow._room)
+                continue
+            if budget.has_room(footprint):
                 return
-            await self._park(waiter, slow._room)
+            budget.shed()
+            if budget.has_room(footprint) or not any(
+                    r.backlog for r in self.readers if not r.lossy):
+                return  # nothing this stream's readers do could free memory
+            budget.cap_waiters.add(self)
+            await self._park(waiter, self.cap_waiters)
 
     async def _park(self, waiter: Waiter, lot: trio.lowlevel.ParkingLot) -> None:
         if self.closed:
@@ -380,6 +385,7 @@ class Stream:
         # The ring stays readable (by seeking) for handles still open; it goes
         # with the stream once the last of them is closed.
         self._turn.unpark_all()
+        self.cap_waiters.unpark_all()
         self.notify_writable()
         self.log_drops()
 
