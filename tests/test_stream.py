@@ -899,3 +899,22 @@ async def test_drop_warnings_add_up_and_the_last_burst_is_logged(autojump_clock,
     # the first of a burst at once and the rest once the interval is over.
     assert sum(missed) == stream.dropped_chunks == 3 * 7 - 1
     assert len(warnings) == 6 and missed[0] == 1
+
+
+async def test_a_block_write_waiting_on_the_cap_goes_on_when_another_reader_frees_memory():
+    # The cap holds two small chunks: one queued live for a stalled reader, and
+    # the private copy of the history a late joiner got. The joiner reading
+    # its history frees room, and the write must not wait for the stalled one.
+    budget = MemoryBudget(cost(10) * 2 + cost(1) - 1)
+    stream = make_stream(channel=cost(10) * 3, ring=1000, policy=BLOCK, budget=budget)
+    writer = stream.open_writer()
+    stream.open_reader()  # stalled
+    await writer.write(b"x" * 10)
+    joiner = stream.open_reader()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.write, b"y")
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.waiting_writes == 1
+        assert await joiner.read(100) == b"x" * 10
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.waiting_writes == 0 and stream.bytes_written == 11
