@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,22 @@ def wait_parked(path, reads=1, timeout=60.0):
     """Wait until the daemon reports ``reads`` reads of ``path`` parked, waiting for data."""
     wait_until(lambda: xattr(path, "waiting_reads") == reads, timeout=timeout,
                what=f"{reads} parked read(s) of {path.name}")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 class Mount:

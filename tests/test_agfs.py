@@ -10,32 +10,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 
 import pytest
 import trio
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from conftest import wait_until
+from conftest import accepts, free_port, wait_until
 from streamfs_fuse.agfs import AGFSDoor
 from streamfs_fuse.http import HTTPSettings
 from streamfs_fuse.namespace import Namespace
 from streamfs_fuse.stream import StreamSettings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 class Door:

@@ -22,27 +22,14 @@ from functools import partial
 
 import pytest
 
-from conftest import DAEMON, REQUIRE_MOUNT, require_fuse, wait_parked, wait_until, xattr
+from conftest import (DAEMON, REQUIRE_MOUNT, accepts, free_port, require_fuse, wait_parked,
+                      wait_until, xattr)
 from streamfs_fuse.mount import is_mounted
 
 # -- helpers ------------------------------------------------------------------
 
 #: Waits are on state, generous so that a loaded machine does not fail them.
 until = partial(wait_until, timeout=30.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def http_mount(mount_with, *args):
