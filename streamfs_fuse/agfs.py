@@ -32,7 +32,7 @@ import trio
 
 from .http import (READ_SIZE, STATUS_BY_ERRNO, HTTPDoor, HTTPSettings, Refused, check_path,
                    parse_path)
-from .namespace import Directory, Namespace, Node, StreamFile
+from .namespace import Directory, Namespace, Node, StreamFile, fail
 
 __all__ = ["AGFSDoor"]
 
@@ -155,7 +155,7 @@ class AGFSDoor(HTTPDoor):
         with agfs_errors("read", path):
             node = self._resolve(names)
             if isinstance(node, Directory):
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+                raise fail(errno.EISDIR)
         if params.get("stream") == "true":
             await self._stream(conn, sock, node, b"application/octet-stream")
             return
@@ -191,7 +191,7 @@ class AGFSDoor(HTTPDoor):
         path, names = self._api_names(params, "write")
         with agfs_errors("write", path):
             if not names:
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+                raise fail(errno.EISDIR)
             _, _, written = await self._upload(conn, sock, names)
         await self._send_json(conn, sock, 200, {"message": f"Written {written} bytes"})
 
@@ -240,7 +240,7 @@ class AGFSDoor(HTTPDoor):
             with agfs_errors("readdir", path):
                 directory = self._resolve(inside)
                 if not isinstance(directory, Directory):
-                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                    raise fail(errno.ENOTDIR)
             files = [file_info(node) for node in directory.entries.values()]
         await self._send_json(conn, sock, 200, {"files": files})
 
@@ -297,10 +297,10 @@ class AGFSDoor(HTTPDoor):
     def _parent(self, names: list[bytes]) -> Directory:
         """The directory ``names`` would be in (the mount root itself has none here)."""
         if not names:
-            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+            raise fail(errno.EEXIST)
         parent = self._resolve(names[:-1])
         if not isinstance(parent, Directory):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            raise fail(errno.ENOTDIR)
         return parent
 
     async def _send_json(self, conn, sock, status: int, value) -> None:

@@ -38,7 +38,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 import trio
 
-from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile
+from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
 from .reader import ReaderDisconnected
 from .stream import StreamClosed
 
@@ -207,7 +207,7 @@ class HTTPDoor:
         node: Node = self.namespace.root
         for name in names:
             if not isinstance(node, Directory):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                raise fail(errno.ENOTDIR)
             node = self.namespace.child(node, name)
         return node
 
@@ -304,14 +304,14 @@ class HTTPDoor:
         namespace = self.namespace
         parent = self._resolve(names[:-1])
         if not isinstance(parent, Directory):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            raise fail(errno.ENOTDIR)
         node = parent.entries.get(names[-1])
         created = node is None
         if created:
             node = namespace.create(StreamFile, parent, names[-1], 0o644,
                                     parent.uid, parent.gid)
         elif not isinstance(node, StreamFile):
-            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            raise fail(errno.EISDIR)
         namespace.hold(node)
         writer = node.stream.open_writer()
         self.active += 1
@@ -341,7 +341,7 @@ class HTTPDoor:
             raise Refused(409, "/ cannot be removed")
         parent = self._resolve(names[:-1])
         if not isinstance(parent, Directory):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            raise fail(errno.ENOTDIR)
         if isinstance(self.namespace.child(parent, names[-1]), Directory):
             self.namespace.rmdir(parent, names[-1])
         else:

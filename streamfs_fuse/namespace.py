@@ -30,7 +30,7 @@ from typing import TypeVar
 from .budget import MemoryBudget
 from .stream import Stream, StreamSettings
 
-__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile"]
+__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile", "fail"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ N = TypeVar("N", bound="Node")
 
 
 def fail(code: int) -> OSError:
+    """The error a file system gives for ``code``; doors translate its errno."""
     return OSError(code, os.strerror(code))
 
 
