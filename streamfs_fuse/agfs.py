@@ -127,6 +127,14 @@ class AGFSDoor(HTTPDoor):
             raise Refused(400, "the path must start with /")
         return path, check_path(os.fsencode(path))
 
+    def _api_node(self, op: str, path: str, names: list[bytes]) -> Node:
+        """The node an AGFS path under the mount path names, or AGFS's error."""
+        inside = self._under_mount(names)
+        if inside is None:
+            raise Refused(404, f"{op}: {path}: not found")
+        with agfs_errors(op, path):
+            return self._resolve(inside)
+
     def _under_mount(self, names: list[bytes]) -> list[bytes] | None:
         """``names`` relative to the AGFS mount path, or None when not under it."""
         mount = self._agfs_names
@@ -234,13 +242,9 @@ class AGFSDoor(HTTPDoor):
         if entry is not None:
             files = [virtual_info(os.fsdecode(entry), "mount-point", "rootfs")]
         else:
-            inside = self._under_mount(names)
-            if inside is None:
-                raise Refused(404, f"readdir: {path}: not found")
-            with agfs_errors("readdir", path):
-                directory = self._resolve(inside)
-                if not isinstance(directory, Directory):
-                    raise fail(errno.ENOTDIR)
+            directory = self._api_node("readdir", path, names)
+            if not isinstance(directory, Directory):
+                raise Refused(404, f"readdir: {path}: not a directory")
             files = [file_info(node) for node in directory.entries.values()]
         await self._send_json(conn, sock, 200, {"files": files})
 
@@ -251,12 +255,7 @@ class AGFSDoor(HTTPDoor):
         elif self._above_mount(names) is not None:
             info = virtual_info(os.fsdecode(names[-1]), "mount-point")
         else:
-            inside = self._under_mount(names)
-            if inside is None:
-                raise Refused(404, f"stat: {path}: not found")
-            with agfs_errors("stat", path):
-                node = self._resolve(inside)
-            info = file_info(node, os.fsdecode(names[-1]))
+            info = file_info(self._api_node("stat", path, names), os.fsdecode(names[-1]))
         await self._send_json(conn, sock, 200, info)
 
     async def _api_touch(self, conn, sock, params, body) -> None:

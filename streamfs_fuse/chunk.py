@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CHUNK_OVERHEAD", "Chunk"]
+__all__ = ["CHUNK_OVERHEAD", "Chunk", "footprint_of"]
 
 #: Memory a chunk costs beyond its payload: the bytes object's header, this
 #: object, its offset (an int object of its own) and a queue slot, with
@@ -10,6 +10,11 @@ __all__ = ["CHUNK_OVERHEAD", "Chunk"]
 #: buffer limit and in the memory cap so that the limits hold for 1-byte writes
 #: too; tests/test_chunk.py measures it.
 CHUNK_OVERHEAD = 160
+
+
+def footprint_of(size: int) -> int:
+    """What holding a chunk of ``size`` bytes costs, as every limit counts it."""
+    return size + CHUNK_OVERHEAD
 
 
 class Chunk:
@@ -27,7 +32,7 @@ class Chunk:
         #: Where the chunk starts in the stream: the bytes written before it.
         self.offset = offset
         #: What holding the chunk costs, as every limit counts it.
-        self.footprint = len(data) + CHUNK_OVERHEAD
+        self.footprint = footprint_of(len(data))
         #: Reader queues that hold the chunk.
         self.refs = 0
         self.in_ring = False

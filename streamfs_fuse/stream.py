@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from .budget import MemoryBudget
-from .chunk import Chunk
+from .chunk import Chunk, footprint_of
 from .reader import Reader
 from .ring import RingBuffer
 from .wait import Waiter
@@ -227,9 +227,8 @@ class Stream:
             raise StreamClosed(self.name)
         if not data:
             return 0
-        chunk = Chunk(data, self.bytes_written)
         if self.policy is not SlowReaderPolicy.BLOCK:
-            self._deliver(chunk)
+            self._deliver(data)
             return len(data)
         turn = object()
         queue = self._write_queue
@@ -237,8 +236,8 @@ class Stream:
         try:
             while queue[0] is not turn:
                 await self._park(waiter, self._turn)
-            await self._wait_for_room(chunk.footprint, waiter)
-            self._deliver(chunk)
+            await self._wait_for_room(footprint_of(len(data)), waiter)
+            self._deliver(data)
         finally:
             queue.remove(turn)
             if self._turn:
@@ -274,9 +273,9 @@ class Stream:
         if self.closed:
             raise StreamClosed(self.name)
 
-    def _deliver(self, chunk: Chunk) -> None:
-        chunk.offset = self.bytes_written  # a block write may have waited for its turn
-        size = len(chunk.data)
+    def _deliver(self, data: bytes) -> None:
+        chunk = Chunk(data, self.bytes_written)
+        size = len(data)
         footprint = chunk.footprint
         self.bytes_written += size
         self.chunks_written += 1
