@@ -176,7 +176,7 @@ class AGFSDoor(HTTPDoor):
     async def _snapshot(self, node: StreamFile, offset: int, size: float) -> bytes:
         """What a reader opened now is given at once: the ring, from stream ``offset`` on."""
         stream = node.stream
-        reader = stream.open_reader(lossy=True)
+        reader = await stream.join(lossy=True)
         pieces = []
         try:
             if offset:
@@ -207,7 +207,8 @@ class AGFSDoor(HTTPDoor):
         path, names = self._api_names(params, "create")
         with agfs_errors("create", path):
             parent = self._parent(names)
-            self.namespace.create(StreamFile, parent, names[-1], 0o644, parent.uid, parent.gid)
+            await self.namespace.create(StreamFile, parent, names[-1], 0o644, parent.uid,
+                                        parent.gid)
         await self._send_json(conn, sock, 201, {"message": "file created"})
 
     async def _api_mkdir(self, conn, sock, params, body) -> None:
@@ -218,7 +219,8 @@ class AGFSDoor(HTTPDoor):
             raise Refused(400, "invalid mode") from None
         with agfs_errors("mkdir", path):
             parent = self._parent(names)
-            self.namespace.create(Directory, parent, names[-1], mode, parent.uid, parent.gid)
+            await self.namespace.create(Directory, parent, names[-1], mode, parent.uid,
+                                        parent.gid)
         await self._send_json(conn, sock, 201, {"message": "directory created"})
 
     async def _api_delete(self, conn, sock, params, body) -> None:
@@ -229,11 +231,11 @@ class AGFSDoor(HTTPDoor):
         with agfs_errors("remove", path):
             parent = self._parent(names)
             if params.get("recursive") == "true":
-                self.namespace.remove_tree(parent, names[-1])
+                await self.namespace.remove_tree(parent, names[-1])
             elif isinstance(self.namespace.child(parent, names[-1]), Directory):
-                self.namespace.rmdir(parent, names[-1])
+                await self.namespace.rmdir(parent, names[-1])
             else:
-                self.namespace.unlink(parent, names[-1])
+                await self.namespace.unlink(parent, names[-1])
         await self._send_json(conn, sock, 200, {"message": "deleted"})
 
     async def _api_list(self, conn, sock, params, body) -> None:
@@ -255,7 +257,10 @@ class AGFSDoor(HTTPDoor):
         elif self._above_mount(names) is not None:
             info = virtual_info(os.fsdecode(names[-1]), "mount-point")
         else:
-            info = file_info(self._api_node("stat", path, names), os.fsdecode(names[-1]))
+            node = self._api_node("stat", path, names)
+            if isinstance(node, StreamFile):
+                await node.stream.refresh()
+            info = file_info(node, os.fsdecode(names[-1]))
         await self._send_json(conn, sock, 200, info)
 
     async def _api_touch(self, conn, sock, params, body) -> None:
@@ -267,12 +272,13 @@ class AGFSDoor(HTTPDoor):
             parent = self._parent(names)
             node = parent.entries.get(names[-1])
             if node is None:
-                self.namespace.create(StreamFile, parent, names[-1], 0o644,
-                                      parent.uid, parent.gid)
+                await self.namespace.create(StreamFile, parent, names[-1], 0o644,
+                                            parent.uid, parent.gid)
             elif isinstance(node, Directory):
                 raise Refused(400, "cannot touch directory")
             else:
-                node.mtime_ns = node.ctime_ns = time.time_ns()
+                now = time.time_ns()
+                await self.namespace.setattr(node, atime_ns=now, mtime_ns=now)
         await self._send_json(conn, sock, 200, {"message": "touched"})
 
     async def _api_rename(self, conn, sock, params, body) -> None:
@@ -289,8 +295,8 @@ class AGFSDoor(HTTPDoor):
         if new_names is None or not names or not new_names:
             raise Refused(400, "cannot rename: paths not in same mounted filesystem")
         with agfs_errors("rename", path):
-            self.namespace.rename(self._parent(names), names[-1],
-                                  self._parent(new_names), new_names[-1])
+            await self.namespace.rename(self._parent(names), names[-1],
+                                        self._parent(new_names), new_names[-1])
         await self._send_json(conn, sock, 200, {"message": "renamed"})
 
     def _parent(self, names: list[bytes]) -> Directory:

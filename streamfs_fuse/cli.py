@@ -9,8 +9,8 @@ import sys
 import textwrap
 from typing import Any
 
-from .config import (SETTINGS, ConfigError, MountConfig, check_http, load_config_file,
-                     parse_mount_options, sections_from, show)
+from .config import (SETTINGS, ConfigError, MountConfig, check_backend, check_http,
+                     load_config_file, parse_mount_options, sections_from, show)
 from .mount import MountError, mount
 
 __all__ = ["main"]
@@ -76,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
                    for s in SETTINGS if (value := getattr(args, s.name)) is not None})
     sections = sections_from(values)
     check_http(sections["http"])
+    check_backend(sections["settings"], sections["backend"])
     if args.source and not any(o.startswith("fsname=") for o in fuse_options):
         fuse_options.add(f"fsname={args.source}")
     return MountConfig(

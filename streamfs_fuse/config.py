@@ -23,9 +23,9 @@ from .budget import physical_memory
 from .http import HTTPSettings
 from .stream import SlowReaderPolicy, StreamSettings
 
-__all__ = ["ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size", "parse_address",
+__all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size", "parse_address",
            "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
-           "sections_from", "check_http"]
+           "sections_from", "check_backend", "check_http"]
 
 
 class ConfigError(Exception):
@@ -44,11 +44,27 @@ MOUNT_ONLY_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "u
                               "_netdev", "nofail", "owner", "group"})
 
 
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where a mount's streams are shared: ``url`` None keeps them in this process.
+
+    Declared here, not in redis_store.py, so that a mount without a backend
+    never imports coredis (0.6 s).
+    """
+
+    url: str | None = None
+    namespace: str = "streamfs"
+    password_file: str | None = None
+    #: How long a write waits for an unreachable Redis before it fails with EIO.
+    timeout: float = 10.0
+
+
 @dataclass
 class MountConfig:
     mountpoint: str
     settings: StreamSettings = field(default_factory=StreamSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
     #: Options for FUSE, such as ``allow_other`` or ``fsname=streamfs``.
     fuse_options: set[str] = field(default_factory=set)
     foreground: bool = False
@@ -195,7 +211,37 @@ def show(value: Any) -> str:
 
 
 #: The settings dataclasses, by the name of their :class:`MountConfig` field.
-SECTIONS: dict[str, type] = {"settings": StreamSettings, "http": HTTPSettings}
+SECTIONS: dict[str, type] = {"settings": StreamSettings, "http": HTTPSettings,
+                             "backend": BackendSettings}
+
+BACKEND_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def parse_backend(value: Any, what: str) -> str:
+    """A Redis URL: redis://, rediss://, unix:// or redis+cluster://H1:P1,H2:P2."""
+    scheme = value.partition("://")[0] if isinstance(value, str) else ""
+    if scheme not in BACKEND_SCHEMES or not value.partition("://")[2]:
+        raise ConfigError(f"{what}: expected a URL such as redis://127.0.0.1:6379/0 or "
+                          f"redis+cluster://h1:7000,h2:7000, got {value!r}")
+    return value
+
+
+def parse_key_prefix(value: Any, what: str) -> str:
+    if (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value)):
+        raise ConfigError(f"{what}: expected a name of letters, digits, '.', '_' or '-', "
+                          f"got {value!r}")
+    return value
+
+
+def parse_seconds(value: Any, what: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = humanfriendly.parse_timespan(value.strip())
+        except humanfriendly.InvalidTimespan:
+            raise ConfigError(f"{what}: {value!r} is not a time (e.g. 10 or 10s)") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        raise ConfigError(f"{what}: expected a number of seconds above 0, got {value!r}")
+    return float(value)
 
 
 def parse_agfs_path(value: Any, what: str) -> str:
@@ -272,6 +318,20 @@ SETTINGS = (
             "where the tree appears in the AGFS HTTP API under /api/v1 (AGFS's mount "
             "path; also the TOML's [plugins.streamfs] path)",
             metavar="PATH", section="http"),
+    Setting("backend", parse_backend,
+            "share the tree and its streams with every mount that names the same Redis: "
+            "redis://HOST:PORT/DB, rediss:// (TLS), unix://PATH, redis+cluster://H1:P1,H2:P2",
+            metavar="URL", section="backend", field="url",
+            shown_default="none: streams live in this process"),
+    Setting("namespace", parse_key_prefix,
+            "prefix of the backend's keys, so that several file systems share one Redis",
+            metavar="NAME", section="backend"),
+    Setting("backend_password_file", parse_token_file,
+            "file whose first line is the Redis password (or put it in the URL)",
+            metavar="FILE", section="backend", field="password_file"),
+    Setting("backend_timeout", parse_seconds,
+            "how long writes wait for an unreachable Redis before they fail with EIO",
+            metavar="SECONDS", section="backend", field="timeout"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -281,6 +341,13 @@ def sections_from(values: dict[str, Any]) -> dict[str, Any]:
     return {section: cls(**{s.attribute: values[s.name] for s in SETTINGS
                             if s.section == section and s.name in values})
             for section, cls in SECTIONS.items()}
+
+
+def check_backend(settings: StreamSettings, backend: BackendSettings) -> None:
+    """Settings that cannot work with a backend."""
+    if backend.url and settings.ring_buffer_size == 0:
+        raise ConfigError("--ring-buffer-size 0 cannot work with --backend: the ring in Redis "
+                          "is what every host reads the stream from")
 
 
 def check_http(http: HTTPSettings) -> None:

@@ -179,9 +179,9 @@ class StreamFS(pyfuse3.Operations):
             stream = node.stream
             attrs.st_nlink = 1 if node.linked else 0
             # A throughput counter, as in AGFS: every byte ever written.
-            attrs.st_size = stream.bytes_written
-            # What the ring holds in memory, so du shows it.
-            attrs.st_blocks = (stream.ring.nbytes + 511) // 512
+            attrs.st_size = stream.size
+            # What the ring holds, so du shows it.
+            attrs.st_blocks = (stream.history_bytes + 511) // 512
         return attrs
 
     def close_all_streams(self) -> None:
@@ -207,37 +207,35 @@ class StreamFS(pyfuse3.Operations):
                 namespace.release(node, count)
 
     async def getattr(self, inode, ctx):
-        return self._attributes(self.namespace.node(inode))
+        node = self.namespace.node(inode)
+        if isinstance(node, StreamFile):
+            await node.stream.refresh()
+        return self._attributes(node)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.namespace.node(inode)
-        now = time.time_ns()
-        if fields.update_mode:
-            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
-        if fields.update_uid:
-            node.uid = attr.st_uid
-        if fields.update_gid:
-            node.gid = attr.st_gid
-        if fields.update_atime:
-            node.atime_ns = attr.st_atime_ns
-        if fields.update_mtime:
-            node.mtime_ns = attr.st_mtime_ns
         # update_size (truncate, O_TRUNC) is accepted and ignored: a stream
         # cannot be shortened, and shell redirection must work.
-        node.ctime_ns = now
+        await self.namespace.setattr(
+            node,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
         return self._attributes(node)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        return self._make(StreamFile, parent_inode, name, mode, ctx)
+        return await self._make(StreamFile, parent_inode, name, mode, ctx)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._make(Directory, parent_inode, name, mode, ctx)
+        return await self._make(Directory, parent_inode, name, mode, ctx)
 
-    def _make(self, kind, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
+    async def _make(self, kind, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
         namespace = self.namespace
-        node = namespace.create(kind, namespace.directory(parent_inode), name, mode,
+        node = await namespace.create(kind, namespace.directory(parent_inode), name, mode,
                                 ctx.uid, ctx.gid)
         namespace.hold(node)
         return self._attributes(node)
@@ -245,14 +243,14 @@ class StreamFS(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         self._own_change = True
         try:
-            self.namespace.unlink(self.namespace.directory(parent_inode), name)
+            await self.namespace.unlink(self.namespace.directory(parent_inode), name)
         finally:
             self._own_change = False
 
     async def rmdir(self, parent_inode, name, ctx):
         self._own_change = True
         try:
-            self.namespace.rmdir(self.namespace.directory(parent_inode), name)
+            await self.namespace.rmdir(self.namespace.directory(parent_inode), name)
         finally:
             self._own_change = False
 
@@ -262,9 +260,9 @@ class StreamFS(pyfuse3.Operations):
         namespace = self.namespace
         self._own_change = True
         try:
-            namespace.rename(namespace.directory(parent_inode_old), name_old,
-                             namespace.directory(parent_inode_new), name_new,
-                             replace=not flags & pyfuse3.RENAME_NOREPLACE)
+            await namespace.rename(namespace.directory(parent_inode_old), name_old,
+                                   namespace.directory(parent_inode_new), name_new,
+                                   replace=not flags & pyfuse3.RENAME_NOREPLACE)
         finally:
             self._own_change = False
 
@@ -333,12 +331,12 @@ class StreamFS(pyfuse3.Operations):
         parent = namespace.directory(parent_inode)
         node = parent.entries.get(name)
         if node is None:
-            node = namespace.create(StreamFile, parent, name, mode, ctx.uid, ctx.gid)
+            node = await namespace.create(StreamFile, parent, name, mode, ctx.uid, ctx.gid)
         elif flags & os.O_EXCL:
             raise pyfuse3.FUSEError(errno.EEXIST)
         elif not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        info = self._open(node, flags, ctx)
+        info = await self._open(node, flags, ctx)
         namespace.hold(node)
         return info, self._attributes(node)
 
@@ -346,16 +344,16 @@ class StreamFS(pyfuse3.Operations):
         node = self.namespace.node(inode)
         if not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return self._open(node, flags, ctx)
+        return await self._open(node, flags, ctx)
 
-    def _open(self, node: StreamFile, flags: int, ctx) -> pyfuse3.FileInfo:
+    async def _open(self, node: StreamFile, flags: int, ctx) -> pyfuse3.FileInfo:
         access = flags & os.O_ACCMODE
         readable = access in (os.O_RDONLY, os.O_RDWR)
         writable = access in (os.O_WRONLY, os.O_RDWR)
         stream = node.stream
         waiter = Waiter()
         # A handle's own read side must never hold back its own writes.
-        reader = stream.open_reader(waiter, lossy=writable) if readable else None
+        reader = await stream.join(waiter, lossy=writable) if readable else None
         writer = stream.open_writer(waiter) if writable else None
         self.namespace.hold(node)
         fh = next(self._fhs)
@@ -475,8 +473,11 @@ class StreamFS(pyfuse3.Operations):
         return list(self._stream_xattrs(self.namespace.node(inode)))
 
     async def getxattr(self, inode, name, ctx):
+        node = self.namespace.node(inode)
+        if isinstance(node, StreamFile):
+            await node.stream.refresh()
         try:
-            return self._stream_xattrs(self.namespace.node(inode))[name]
+            return self._stream_xattrs(node)[name]
         except KeyError:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 

@@ -229,7 +229,7 @@ class HTTPDoor:
         namespace = self.namespace
         stream = node.stream
         namespace.hold(node)
-        reader = stream.open_reader()
+        reader = await stream.join()
         self.active += 1
         try:
             await sock.send_all(conn.send(response(status_code=200, headers=[
@@ -280,6 +280,7 @@ class HTTPDoor:
                    (b"x-streamfs-mode", b"%o" % node.mode)]
         if isinstance(node, StreamFile):
             headers.append((b"content-type", content_type(node.name).encode()))
+            await node.stream.refresh()
             for name, value in asdict(node.stream.statistics()).items():
                 value = getattr(value, "value", value)
                 headers.append((b"x-streamfs-" + name.replace("_", "-").encode(),
@@ -308,7 +309,7 @@ class HTTPDoor:
         node = parent.entries.get(names[-1])
         created = node is None
         if created:
-            node = namespace.create(StreamFile, parent, names[-1], 0o644,
+            node = await namespace.create(StreamFile, parent, names[-1], 0o644,
                                     parent.uid, parent.gid)
         elif not isinstance(node, StreamFile):
             raise fail(errno.EISDIR)
@@ -343,9 +344,9 @@ class HTTPDoor:
         if not isinstance(parent, Directory):
             raise fail(errno.ENOTDIR)
         if isinstance(self.namespace.child(parent, names[-1]), Directory):
-            self.namespace.rmdir(parent, names[-1])
+            await self.namespace.rmdir(parent, names[-1])
         else:
-            self.namespace.unlink(parent, names[-1])
+            await self.namespace.unlink(parent, names[-1])
         await sock.send_all(conn.send(response(status_code=204, headers=[])))
         await sock.send_all(conn.send(h11.EndOfMessage()))
 
@@ -361,7 +362,7 @@ class HTTPDoor:
                      "readers": 0, "writers": 0}
             if isinstance(node, StreamFile):
                 stream = node.stream
-                entry.update(size=stream.bytes_written, readers=len(stream.readers),
+                entry.update(size=stream.size, readers=len(stream.readers),
                              writers=stream.writers)
             else:
                 entry["type"] = "directory"

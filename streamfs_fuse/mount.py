@@ -18,15 +18,19 @@ import signal
 import socket
 import stat
 import sys
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
-from .config import MountConfig
+from .config import BackendSettings, MountConfig
 from .fs import StreamFS
 from .agfs import AGFSDoor
 from .http import HTTPDoor, HTTPSettings
 from .namespace import Namespace
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 
 __all__ = ["MountError", "mount", "is_mounted"]
 
@@ -66,6 +70,7 @@ def mount(config: MountConfig) -> int:
     check_fuse_device()
     raise_file_limit()
     keep_request_buffers_off_the_heap()
+    store = shared_store(config.backend)
     namespace = Namespace(config.settings, os.getuid(), os.getgid())
     fs = StreamFS(namespace)
     door = http_door(config.http, namespace)
@@ -73,8 +78,22 @@ def mount(config: MountConfig) -> int:
     if config.foreground:
         setup_logging(config, background=False)
         start(fs, mountpoint, options)
-        return serve(fs, door, mountpoint)
-    return daemonize(fs, door, mountpoint, options, config)
+        return serve(fs, door, store, mountpoint)
+    return daemonize(fs, door, store, mountpoint, options, config)
+
+
+def shared_store(backend: BackendSettings) -> RedisStore | None:
+    """The Redis store, if asked for, once Redis has answered."""
+    if backend.url is None:
+        return None
+    # Imported here: coredis takes 0.6 s to import, which a mount without
+    # a backend should not pay.
+    from .redis_store import BackendError, RedisStore, check_backend
+    try:
+        check_backend(backend)
+        return RedisStore(backend)
+    except BackendError as e:
+        raise MountError(str(e)) from None
 
 
 def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
@@ -183,18 +202,23 @@ def start(fs: StreamFS, mountpoint: str, options: set[str]) -> None:
     log.info("mounted on %s", mountpoint)
 
 
-def serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> int:
+def serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
+          mountpoint: str) -> int:
     """Serve requests until a signal or an unmount, then unmount."""
     try:
-        trio.run(_serve, fs, door, mountpoint)
+        trio.run(_serve, fs, door, store, mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
     return 0
 
 
-async def _serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> None:
+async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
+                 mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
+        if store is not None:
+            # The shared tree is loaded before the first request is answered.
+            await nursery.start(store.run, fs.namespace)
         nursery.start_soon(_stop_on_signal, fs, door)
         nursery.start_soon(_watch_unmount, fs, mountpoint)
         nursery.start_soon(fs.signals.run)
@@ -233,8 +257,8 @@ async def _watch_unmount(fs: StreamFS, mountpoint: str) -> None:
     fs.close_all_streams()
 
 
-def daemonize(fs: StreamFS, door: HTTPDoor | None, mountpoint: str, options: set[str],
-              config: MountConfig) -> int:
+def daemonize(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None, mountpoint: str,
+              options: set[str], config: MountConfig) -> int:
     """Mount in a background child; return once the mount is ready or failed."""
     ready_read, ready_write = os.pipe()
     pid = os.fork()
@@ -263,7 +287,7 @@ def daemonize(fs: StreamFS, door: HTTPDoor | None, mountpoint: str, options: set
         setup_logging(config, background=True)
         os.write(ready_write, b"ready")
         os.close(ready_write)
-        code = serve(fs, door, mountpoint)
+        code = serve(fs, door, store, mountpoint)
     except BaseException:
         log.exception("the daemon failed")
     finally:
@@ -291,3 +315,5 @@ def setup_logging(config: MountConfig, *, background: bool) -> None:
     root.setLevel(level)
     # pyfuse3 logs each worker task it starts and stops; only -d wants that.
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if config.debug else logging.INFO)
+    # coredis logs each retry, such as loading a script again after Redis restarted.
+    logging.getLogger("coredis").setLevel(logging.DEBUG if config.debug else logging.WARNING)

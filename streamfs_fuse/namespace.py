@@ -13,6 +13,10 @@ Invariants:
 - A directory's ``entries`` are in the order they were linked, which is the
   order of their ``offset``; offsets 1 and 2 are "." and "..".
 - No operation walks the tree recursively: trees may be deep.
+- Every change is an event (a JSON-ready dict) applied by :meth:`Namespace.apply`.
+  Applying the same events in the same order to the same tree gives the same
+  tree, the same inode numbers and the same errors: that is how a store
+  shared by several hosts (:class:`TreeStore`) keeps their trees identical.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .budget import MemoryBudget
-from .stream import Stream, StreamSettings
+from .stream import SharedLog, Stream, StreamSettings
 
-__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile", "fail"]
+__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile", "TreeStore",
+           "fail"]
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +86,41 @@ class StreamFile(Node):
     stream: Stream | None = None
 
 
-class Namespace:
-    """The tree, the inode table, and the mount-wide memory budget of its streams."""
+Event = dict[str, Any]
 
-    def __init__(self, settings: StreamSettings, uid: int, gid: int) -> None:
+
+class TreeStore(Protocol):
+    """A store that orders the tree's events for every host that shares it."""
+
+    async def commit(self, event: Event) -> Node | None:
+        """Append ``event`` to the shared order; return what applying it here gave.
+
+        Raises the OSError that applying it raised.
+        """
+
+    def stream_log(self, node: StreamFile) -> SharedLog:
+        """Where the chunks of the stream at ``node`` are ordered for every host."""
+
+
+class Namespace:
+    """The tree, the inode table, and the mount-wide memory budget of its streams.
+
+    Changes are made through the async methods, which commit an event: applied
+    at once here, or, with a :class:`TreeStore`, once the store has ordered it.
+    """
+
+    def __init__(self, settings: StreamSettings, uid: int, gid: int,
+                 store: TreeStore | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.budget = MemoryBudget(settings.max_memory)
         self.root = Directory(inode=ROOT_INODE, mode=stat.S_IFDIR | 0o755, uid=uid, gid=gid,
                               parent=None, name=b"", holds=1)
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.closed = False
+        #: The time of the event being applied: every host that applies it gives the same.
+        self._now = 0
         #: Called with (directory, name) when a name goes away, by rm, rmdir or
         #: mv, so that a door that caches names (the kernel does) can forget it.
         self.name_watchers: list[Callable[[Directory, bytes], None]] = []
@@ -132,30 +161,107 @@ class Namespace:
 
     # -- changing the tree ---------------------------------------------------
 
-    def create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
-               uid: int, gid: int) -> N:
+    async def create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
+                     uid: int, gid: int) -> N:
         """A new directory or stream named ``name`` in ``parent``, owned by ``uid``."""
+        return await self._commit({"op": "create", "parent": parent.inode, "name": _text(name),
+                                   "dir": kind is Directory, "mode": mode, "uid": uid,
+                                   "gid": gid})
+
+    async def unlink(self, parent: Directory, name: bytes) -> None:
+        """Remove a stream: its readers drain what is queued, then get EOF."""
+        await self._commit({"op": "unlink", "parent": parent.inode, "name": _text(name)})
+
+    async def rmdir(self, parent: Directory, name: bytes) -> None:
+        await self._commit({"op": "rmdir", "parent": parent.inode, "name": _text(name)})
+
+    async def remove_tree(self, parent: Directory, name: bytes) -> None:
+        """rm -r: a stream, or a directory and all it holds."""
+        await self._commit({"op": "remove_tree", "parent": parent.inode, "name": _text(name)})
+
+    async def rename(self, old_parent: Directory, old_name: bytes, new_parent: Directory,
+                     new_name: bytes, *, replace: bool = True) -> None:
+        """Move a node; a stream replaced at the new name ends, as with rm."""
+        await self._commit({"op": "rename", "parent": old_parent.inode, "name": _text(old_name),
+                            "new_parent": new_parent.inode, "new_name": _text(new_name),
+                            "replace": replace})
+
+    async def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, atime_ns: int | None = None,
+                      mtime_ns: int | None = None) -> None:
+        """chmod, chown and touch; the file type bits of ``mode`` are kept."""
+        await self._commit({"op": "setattr", "node": node.inode, "mode": mode, "uid": uid,
+                            "gid": gid, "atime": atime_ns, "mtime": mtime_ns})
+
+    async def _commit(self, event: Event) -> Any:
+        event["time"] = time.time_ns()
+        if self.store is None:
+            return self.apply(event)
+        return await self.store.commit(event)
+
+    def apply(self, event: Event, inode: int | None = None) -> Node | None:
+        """Make the change ``event`` describes; raise OSError, changing nothing, if it fails.
+
+        ``inode`` numbers the node a create makes; by default the next unused.
+        """
+        self._now = event["time"]
+        op = event["op"]
+        if op == "setattr":
+            return self._setattr(self.node(event["node"]), event)
+        parent = self.directory(event["parent"])
+        name = _bytes(event["name"])
+        if op == "create":
+            kind = Directory if event["dir"] else StreamFile
+            return self._create(kind, parent, name, event["mode"], event["uid"], event["gid"],
+                                inode or next(self._inodes))
+        if op == "unlink":
+            return self._unlink(parent, name)
+        if op == "rmdir":
+            return self._rmdir(parent, name)
+        if op == "remove_tree":
+            return self._remove_tree(parent, name)
+        if op == "rename":
+            return self._rename(parent, name, self.directory(event["new_parent"]),
+                                _bytes(event["new_name"]), event["replace"])
+        raise fail(errno.EINVAL)
+
+    def _create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
+                uid: int, gid: int, inode: int) -> N:
         check_name(name)
         if name in parent.entries:
             raise fail(errno.EEXIST)
         file_type = stat.S_IFDIR if kind is Directory else stat.S_IFREG
-        node = kind(inode=next(self._inodes), mode=file_type | stat.S_IMODE(mode),
-                    uid=uid, gid=gid, parent=parent, name=name)
+        node = kind(inode=inode, mode=file_type | stat.S_IMODE(mode), uid=uid, gid=gid,
+                    parent=parent, name=name, atime_ns=self._now)
         if isinstance(node, StreamFile):
             node.stream = Stream(self.path(node), self.settings, self.budget)
+            if self.store is not None:
+                node.stream.log = self.store.stream_log(node)
             if self.closed:
                 node.stream.close()
             log.info("stream %r created", node.stream.name)
         self._link(parent, name, node)
         return node
 
-    def unlink(self, parent: Directory, name: bytes) -> None:
-        """Remove a stream: its readers drain what is queued, then get EOF."""
+    def _setattr(self, node: Node, event: Event) -> None:
+        if event["mode"] is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(event["mode"])
+        if event["uid"] is not None:
+            node.uid = event["uid"]
+        if event["gid"] is not None:
+            node.gid = event["gid"]
+        if event["atime"] is not None:
+            node.atime_ns = event["atime"]
+        if event["mtime"] is not None:
+            node.mtime_ns = event["mtime"]
+        node.ctime_ns = self._now
+
+    def _unlink(self, parent: Directory, name: bytes) -> None:
         if isinstance(self.child(parent, name), Directory):
             raise fail(errno.EISDIR)
         self._remove(parent, name)
 
-    def rmdir(self, parent: Directory, name: bytes) -> None:
+    def _rmdir(self, parent: Directory, name: bytes) -> None:
         node = self.child(parent, name)
         if not isinstance(node, Directory):
             raise fail(errno.ENOTDIR)
@@ -163,28 +269,27 @@ class Namespace:
             raise fail(errno.ENOTEMPTY)
         self._remove(parent, name)
 
-    def remove_tree(self, parent: Directory, name: bytes) -> None:
-        """rm -r: a stream, or a directory and all it holds, depth first, without recursion."""
+    def _remove_tree(self, parent: Directory, name: bytes) -> None:
+        """Depth first, without recursion."""
         node = self.child(parent, name)
         if not isinstance(node, Directory):
-            self.unlink(parent, name)
+            self._unlink(parent, name)
             return
         pending = [(parent, name, node)]
         while pending:
             parent, name, directory = pending[-1]
             if not directory.entries:
-                self.rmdir(parent, name)
+                self._rmdir(parent, name)
                 pending.pop()
                 continue
             child_name, child = next(iter(directory.entries.items()))
             if isinstance(child, Directory):
                 pending.append((directory, child_name, child))
             else:
-                self.unlink(directory, child_name)
+                self._unlink(directory, child_name)
 
-    def rename(self, old_parent: Directory, old_name: bytes, new_parent: Directory,
-               new_name: bytes, *, replace: bool = True) -> None:
-        """Move a node; a stream replaced at the new name ends, as with rm."""
+    def _rename(self, old_parent: Directory, old_name: bytes, new_parent: Directory,
+                new_name: bytes, replace: bool) -> None:
         check_name(new_name)
         node = old_parent.entries.get(old_name)
         if node is None:
@@ -212,7 +317,7 @@ class Namespace:
         self._detach(old_parent, old_name)
         node.parent, node.name = new_parent, new_name
         self._link(new_parent, new_name, node)
-        old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = time.time_ns()
+        old_parent.mtime_ns = old_parent.ctime_ns = node.ctime_ns = self._now
         self._rename_streams(node)
 
     def _rename_streams(self, top: Node) -> None:
@@ -231,7 +336,7 @@ class Namespace:
         parent.next_offset += 1
         parent.subdirs += isinstance(node, Directory)
         self.nodes[node.inode] = node
-        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        parent.mtime_ns = parent.ctime_ns = self._now
 
     def _detach(self, parent: Directory, name: bytes) -> Node:
         node = parent.entries.pop(name)
@@ -243,9 +348,9 @@ class Namespace:
     def _remove(self, parent: Directory, name: bytes) -> None:
         node = self._detach(parent, name)
         node.linked = False
-        node.ctime_ns = parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        node.ctime_ns = parent.mtime_ns = parent.ctime_ns = self._now
         if isinstance(node, StreamFile):
-            node.stream.close()
+            node.stream.remove()
             log.info("stream %r removed", node.stream.name)
         self._forget_if_unused(node)
 
@@ -275,6 +380,15 @@ class Namespace:
         """What the streams hold: their rings, and what readers hold beyond them."""
         return self.budget.used + sum(node.stream.ring.nbytes for node in self.nodes.values()
                                       if isinstance(node, StreamFile))
+
+
+def _text(name: bytes) -> str:
+    """A name as events carry it: JSON text that gives back every byte."""
+    return name.decode("latin-1")
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("latin-1")
 
 
 def check_name(name: bytes) -> None:

@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import trio
 
@@ -18,7 +19,8 @@ from .ring import RingBuffer
 from .wait import Waiter
 
 __all__ = [
-    "SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream", "StreamClosed", "Writer",
+    "SharedLog", "SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream",
+    "StreamClosed", "Writer",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,24 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class SharedTotals:
+    """A shared stream's figures across every host, as its store last reported them."""
+
+    bytes_written: int
+    chunks_written: int
+    readers: int
+    writers: int
+    ring_bytes: int
+    ring_chunks: int
+
+
+@dataclass(frozen=True)
 class StreamStatistics:
-    """A stream's figures at one moment; sizes are payload bytes unless named ``held``."""
+    """A stream's figures at one moment; sizes are payload bytes unless named ``held``.
+
+    For a stream shared by several hosts, the first six are totals across all
+    of them; the ``local_`` figures and the rest are this host's.
+    """
 
     readers: int
     writers: int
@@ -61,6 +79,8 @@ class StreamStatistics:
     chunks_written: int
     ring_bytes: int
     ring_chunks: int
+    local_readers: int
+    local_writers: int
     queued_bytes: int
     #: Memory held for readers beyond the ring, with per-chunk overhead: what
     #: this stream counts against ``max_memory``.
@@ -77,6 +97,31 @@ class StreamStatistics:
 
 class StreamClosed(Exception):
     """The stream was removed: it takes no more data."""
+
+
+class SharedLog(Protocol):
+    """Where a stream that spans hosts is ordered: every host's writes go in,
+    and while this host has readers it follows the log and delivers each chunk
+    to them with :meth:`Stream.accept`, the end with :meth:`Stream.close`.
+    """
+
+    async def append(self, data: bytes) -> None:
+        """Append one chunk; raise :class:`StreamClosed` once the stream was removed."""
+
+    async def follow(self) -> None:
+        """Return once this host's ring holds the log's history and live chunks follow it."""
+
+    def unfollow(self) -> None:
+        """This host's last reader left."""
+
+    def end(self) -> None:
+        """The stream was removed: end the log after what is in it."""
+
+    def count(self, figure: str, delta: int) -> None:
+        """Add ``delta`` to the hosts' total of ``figure`` ("readers" or "writers")."""
+
+    async def totals(self) -> SharedTotals:
+        """The stream's figures across every host."""
 
 
 class Writer:
@@ -103,8 +148,11 @@ class Writer:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.stream.writers -= 1
-            self.stream.writable_watchers.pop(self, None)
+            stream = self.stream
+            stream.writers -= 1
+            stream.writable_watchers.pop(self, None)
+            if stream.log is not None:
+                stream.log.count("writers", -1)
 
 
 class Stream:
@@ -118,6 +166,10 @@ class Stream:
     Every wait (a read for data, a ``block`` write for a reader's room, for the
     memory cap or for its turn) parks through the handle's :class:`Waiter`,
     and :meth:`close` wakes them all.
+
+    A stream with a :class:`SharedLog` spans hosts: writes go to the log, and
+    the chunks come back in the log's order through :meth:`accept`, here and
+    on every other host, so that each host's ring mirrors the log's.
     """
 
     def __init__(self, name: str, settings: StreamSettings,
@@ -135,7 +187,12 @@ class Stream:
         self.dropped_bytes = 0
         self.disconnected_readers = 0
         self.waiting_writes = 0
+        #: No more writes; and no more chunks for readers, who get EOF once drained.
         self.closed = False
+        self.ended = False
+        #: Set when the stream spans hosts (see :class:`SharedLog`).
+        self.log: SharedLog | None = None
+        self.totals: SharedTotals | None = None
         self._reader_ids = itertools.count(1)
         # Chunks missed per reader id, and bytes in all, since the last drop warning.
         self._unlogged_drops: dict[int, int] = {}
@@ -191,11 +248,19 @@ class Stream:
         self.budget.readers.add(reader)
         for chunk in self.ring.history():
             reader.seed(chunk)
-        if self.closed:
+        if self.ended:
             reader.end()
         else:
             self.readers.append(reader)
+        if self.log is not None:
+            self.log.count("readers", 1)
         return reader
+
+    async def join(self, waiter: Waiter | None = None, *, lossy: bool = False) -> Reader:
+        """:meth:`open_reader`, once this host holds the history of a shared stream."""
+        if self.log is not None:
+            await self.log.follow()
+        return self.open_reader(waiter, lossy=lossy)
 
     def release_reader(self, reader: Reader) -> None:
         reader.close()
@@ -204,10 +269,16 @@ class Stream:
             self.readers.remove(reader)
         except ValueError:
             pass
+        if self.log is not None:
+            self.log.count("readers", -1)
+            if not self.readers:
+                self.log.unfollow()
         self.notify_writable()
 
     def open_writer(self, waiter: Waiter | None = None) -> Writer:
         self.writers += 1
+        if self.log is not None:
+            self.log.count("writers", 1)
         return Writer(self, waiter or Waiter())
 
     # -- writing -------------------------------------------------------------
@@ -227,9 +298,30 @@ class Stream:
             raise StreamClosed(self.name)
         if not data:
             return 0
+        if self.log is not None:
+            await self.log.append(data)
+        else:
+            await self.accept(data, waiter)
+        return len(data)
+
+    def accepts_now(self, size: int) -> bool:
+        """Whether :meth:`accept` of ``size`` bytes would deliver without waiting."""
         if self.policy is not SlowReaderPolicy.BLOCK:
-            self._deliver(data)
-            return len(data)
+            return True
+        footprint = footprint_of(size)
+        return (not self._write_queue and self.budget.has_room(footprint)
+                and all(r.lossy or r.has_room(footprint) for r in self.readers))
+
+    async def accept(self, data: bytes, waiter: Waiter, offset: int | None = None) -> None:
+        """Deliver ``data`` to the ring and the readers, waiting as the policy says.
+
+        ``offset`` is where a shared log put the chunk; bytes between the end
+        of the last chunk and it were trimmed from the log before this host
+        read them, and count as dropped by every reader.
+        """
+        if self.policy is not SlowReaderPolicy.BLOCK:
+            self.deliver(data, offset)
+            return
         turn = object()
         queue = self._write_queue
         queue.append(turn)
@@ -237,13 +329,12 @@ class Stream:
             while queue[0] is not turn:
                 await self._park(waiter, self._turn)
             await self._wait_for_room(footprint_of(len(data)), waiter)
-            self._deliver(data)
+            self.deliver(data, offset)
         finally:
             queue.remove(turn)
             if self._turn:
                 self._turn.unpark_all()
             self.notify_writable()
-        return len(data)
 
     async def _wait_for_room(self, footprint: int, waiter: Waiter) -> None:
         budget = self.budget
@@ -273,7 +364,16 @@ class Stream:
         if self.closed:
             raise StreamClosed(self.name)
 
-    def _deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes, offset: int | None = None) -> None:
+        """Give ``data`` to the ring and every reader now; see :meth:`accept`.
+
+        Under ``block``, only once :meth:`accepts_now` said so.
+        """
+        if offset is not None and offset != self.bytes_written:
+            missed = offset - self.bytes_written
+            if self.readers and missed > 0:
+                self._count_drops(self.readers, missed)
+            self.bytes_written = offset
         chunk = Chunk(data, self.bytes_written)
         size = len(data)
         footprint = chunk.footprint
@@ -373,29 +473,66 @@ class Stream:
 
     # -- the end -------------------------------------------------------------
 
-    def close(self) -> None:
-        """End the stream: readers drain what is queued, then get EOF; waiting writers fail."""
-        if self.closed:
+    def remove(self) -> None:
+        """rm: the stream takes no more data, and its readers end after what was written.
+
+        A shared stream's log is ended; this host's readers get EOF when the
+        follower reaches that end, after every chunk written before it.
+        """
+        if self.log is None:
+            self.close()
             return
-        self.closed = True
+        if not self.closed:
+            self.log.end()
+        self._stop_writes()
+
+    def close(self) -> None:
+        """End the stream here: readers drain what is queued, then get EOF; waiting writers fail."""
+        self._stop_writes()
+        self.ended = True
         for reader in self.readers:
             reader.end()
         self.readers.clear()
+        self.log_drops()
+
+    def _stop_writes(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         # The ring stays readable (by seeking) for handles still open; it goes
         # with the stream once the last of them is closed.
         self._turn.unpark_all()
         self.cap_waiters.unpark_all()
         self.notify_writable()
-        self.log_drops()
+
+    async def refresh(self) -> None:
+        """Fetch a shared stream's totals across hosts, for :meth:`statistics`."""
+        if self.log is not None:
+            self.totals = await self.log.totals()
+
+    @property
+    def size(self) -> int:
+        """Bytes ever written, on every host: a throughput counter, as in AGFS."""
+        return self.totals.bytes_written if self.totals else self.bytes_written
+
+    @property
+    def history_bytes(self) -> int:
+        """What the ring holds (the shared log's ring, for a shared stream)."""
+        return self.totals.ring_bytes if self.totals else self.ring.nbytes
 
     def statistics(self) -> StreamStatistics:
+        totals = self.totals or SharedTotals(
+            self.bytes_written, self.chunks_written, len(self.readers), self.writers,
+            self.ring.nbytes, len(self.ring))
         return StreamStatistics(
-            readers=len(self.readers),
-            writers=self.writers,
-            bytes_written=self.bytes_written,
-            chunks_written=self.chunks_written,
-            ring_bytes=self.ring.nbytes,
-            ring_chunks=len(self.ring),
+            readers=totals.readers,
+            writers=totals.writers,
+            bytes_written=totals.bytes_written,
+            chunks_written=totals.chunks_written,
+            ring_bytes=totals.ring_bytes,
+            ring_chunks=totals.ring_chunks,
+            local_readers=len(self.readers),
+            local_writers=self.writers,
             queued_bytes=sum(reader.pending for reader in self.readers),
             held_bytes=self.held,
             dropped_chunks=self.dropped_chunks,

@@ -156,6 +156,24 @@ def mnt(mount_with) -> Mount:
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A standalone redis-server on a free port, stopped after the test."""
+    from redis_servers import RedisServer  # here: redis_servers imports this module
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of 3 masters with a replica each, shared by a module's tests."""
+    from redis_servers import RedisCluster
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 def unprivileged_user():
     if os.geteuid() != 0:
         pytest.skip("creating a user needs root")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import as_user, require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
-from streamfs_fuse.config import SECTIONS, SETTINGS, ConfigError, MountConfig
+from streamfs_fuse.config import SECTIONS, SETTINGS, BackendSettings, ConfigError, MountConfig
 from streamfs_fuse.http import HTTPSettings
 from streamfs_fuse.mount import is_mounted
 from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
@@ -79,7 +79,8 @@ def test_o_options_split_into_settings_and_fuse_options():
 
 
 def test_settings_table_matches_the_settings_dataclasses():
-    assert SECTIONS == {"settings": StreamSettings, "http": HTTPSettings}
+    assert SECTIONS == {"settings": StreamSettings, "http": HTTPSettings,
+                        "backend": BackendSettings}
     assert [(s.section, s.attribute) for s in SETTINGS] == [
         (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     assert {f.name: f.type for f in dataclasses.fields(MountConfig)}["http"] == "HTTPSettings"
@@ -96,7 +97,9 @@ def sample(setting, tmp_path):
     if setting.choices:
         return setting.choices[-1]
     return {"http": "127.0.0.1:8000", "http_token": token_file(tmp_path),
-            "agfs_path": "/media/live"}.get(setting.name, "1MB")
+            "agfs_path": "/media/live", "backend": "redis://10.0.0.5:6379/1",
+            "namespace": "cams", "backend_password_file": token_file(tmp_path),
+            "backend_timeout": "3s"}.get(setting.name, "1MB")
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -126,6 +129,12 @@ def test_every_setting_has_a_flag_an_o_key_and_a_toml_key(tmp_path, setting):
     (["-o", "ring_buffer_size=lots"], "-o ring_buffer_size: 'lots' is not a size"),
     (["-o", "bogus"], "-o bogus: unknown mount option"),
     (["-o", "slow_reader=maybe"], "-o slow_reader: 'maybe' is not one of drop, block, disconnect"),
+    (["--backend=http://x:1"], "--backend: expected a URL such as redis://127.0.0.1:6379/0"),
+    (["--backend=redis://"], "--backend: expected a URL"),
+    (["--namespace=a b"], "--namespace: expected a name of letters"),
+    (["--backend-timeout=0"], "--backend-timeout: expected a number of seconds above 0"),
+    (["--backend-timeout=soon"], "--backend-timeout: 'soon' is not a time"),
+    (["--backend=redis://h:1", "--ring-buffer-size=0"], "--ring-buffer-size 0 cannot work"),
 ])
 def test_bad_settings_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -54,7 +54,7 @@ async def test_put_then_get_gives_history_then_live_data_until_rm():
         await trio.testing.wait_all_tasks_blocked()
         assert stream.statistics().readers == 1
         await stream.open_writer().write(b" world")
-        namespace.unlink(namespace.root, b"live")
+        await namespace.unlink(namespace.root, b"live")
         reply = b""
         while not reply.endswith(b"0\r\n\r\n"):
             reply += await client.receive_some(65536)
@@ -67,7 +67,7 @@ async def test_put_then_get_gives_history_then_live_data_until_rm():
 
 async def test_a_client_that_goes_away_releases_its_reader_at_once():
     namespace, door = make_door()
-    node = namespace.create(StreamFile, namespace.root, b"idle", 0o644, 0, 0)
+    node = await namespace.create(StreamFile, namespace.root, b"idle", 0o644, 0, 0)
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(door._connection, server)
@@ -80,7 +80,7 @@ async def test_a_client_that_goes_away_releases_its_reader_at_once():
 
 async def test_bad_requests_get_a_status_and_a_json_error():
     namespace, door = make_door()
-    namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
     cases = [
         (b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /../x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
@@ -112,7 +112,7 @@ async def test_a_slow_request_head_is_cut_off(autojump_clock):
 
 async def test_token_and_read_only():
     namespace, door = make_door(token_file="unused", read_only=True)
-    namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
     assert status(await exchange(door, b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n",
                                  until=b"\r\n\r\n")) == 401
     assert status(await exchange(

@@ -1,0 +1,528 @@
+"""Streams and a tree shared by the mounts of several hosts, ordered by Redis.
+
+Every mount that names the same Redis and namespace shows the same tree and
+the same streams. Redis orders everything once; each host keeps mirrors.
+
+Keys, for namespace P (a hash tag keeps what one script touches in one slot):
+
+- ``{P}:tree``: a Redis stream of tree events. Applying them in order gives
+  every host the same tree, inode numbers and errors (see namespace.py). A
+  create's inode number is made from its entry ID, so it is the same on
+  every host and never reused, even after Redis loses everything.
+- ``{P}:epoch``: set when the namespace is first used. Another value after a
+  reconnect means Redis lost its data: every stream ends, logged once.
+- ``{P:S}:N`` and ``{P:S}:N:meta``: stream N's chunks and totals. A chunk's
+  entry ID is ``OFFSET-1``, OFFSET being the stream offset of its first byte,
+  so one script appends, counts and trims by MINID to exactly the newest
+  ``ring_buffer_size`` bytes. The end of a removed stream is ``TOTAL-2``.
+  S = N % SHARDS spreads streams over the slots of a cluster, and one
+  XREAD can wait on every followed stream of a shard.
+
+Invariants:
+
+- A host follows a stream only while it has readers of it, and its ring then
+  mirrors the log chunk for chunk from where following began. Readers join
+  from that ring, so history meets live data at an entry ID, never a time.
+- One blocking XREAD per shard with followed streams, one for the tree:
+  connections are bounded whatever the number of streams and readers.
+- Appends of one host may wait for Redis for at most ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import logging
+import secrets
+from urllib.parse import urlsplit
+
+import coredis
+import coredis.exceptions
+import trio
+
+from .config import BackendSettings
+from .namespace import ROOT_INODE, Event, Namespace, Node, StreamFile, fail
+from .stream import SharedTotals, Stream, StreamClosed
+from .wait import Waiter
+
+__all__ = ["BackendError", "RedisStore", "check_backend"]
+
+log = logging.getLogger(__name__)
+
+#: Hash slots the streams of a namespace are spread over, and the most
+#: blocking reads (connections) a host keeps for following streams.
+SHARDS = 16
+#: Entries per XRANGE page when a host loads a stream's history.
+HISTORY_PAGE = 256
+#: Entries per XREAD: enough to amortise a round trip, few enough to share.
+READ_COUNT = 128
+#: How long a removed stream's keys stay, for hosts still draining them.
+REMOVED_EXPIRY = 3600
+#: Wait between attempts to reach a Redis that went away.
+RECONNECT_DELAY = 0.2
+
+# Append one chunk, count it, and trim the log to the ring, in one step.
+APPEND = """
+if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then
+  return redis.error_reply('STREAMFS_CLOSED')
+end
+local size = string.len(ARGV[1])
+local total = redis.call('HINCRBY', KEYS[2], 'bytes', size)
+local offset = total - size
+redis.call('XADD', KEYS[1], string.format('%d-1', offset), 'd', ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'chunks', 1)
+local oldest = total - tonumber(ARGV[2])
+if oldest > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', oldest))
+end
+return total
+"""
+
+# End a removed stream after what it holds; later appends fail.
+END = """
+if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'closed', 1)
+local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+redis.call('XADD', KEYS[1], string.format('%d-2', total), 'end', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# bytes, chunks, readers, writers, the ring's first offset, and its entries.
+TOTALS = """
+local m = redis.call('HMGET', KEYS[2], 'bytes', 'chunks', 'readers', 'writers')
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local oldest = m[1] or '0'
+if first[1] then oldest = string.match(first[1][1], '^(%d+)') end
+return {m[1] or '0', m[2] or '0', m[3] or '0', m[4] or '0', oldest,
+        redis.call('XLEN', KEYS[1])}
+"""
+
+
+class BackendError(Exception):
+    """The backend cannot be used; the message says why, for the user."""
+
+
+def connect(settings: BackendSettings) -> coredis.Redis | coredis.RedisCluster:
+    url = settings.url or ""
+    password = None
+    if settings.password_file:
+        try:
+            with open(settings.password_file, encoding="utf-8") as f:
+                password = f.readline().strip()
+        except OSError as e:
+            raise BackendError(f"cannot read {settings.password_file}: {e.strerror}") from None
+    kwargs = {"password": password} if password else {}
+    parts = urlsplit(url)
+    if parts.scheme in ("redis+cluster", "rediss+cluster"):
+        nodes = []
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit():
+                raise BackendError(f"{url}: expected redis+cluster://HOST:PORT[,HOST:PORT...]")
+            nodes.append(coredis.connection.TCPLocation(host=name, port=int(port)))
+        if parts.username:
+            kwargs["username"] = parts.username
+        if parts.password and not password:
+            kwargs["password"] = parts.password
+        return coredis.RedisCluster(startup_nodes=nodes, ssl=parts.scheme == "rediss+cluster",
+                                    **kwargs)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise BackendError(f"{url}: the backend must be a redis://, rediss://, unix:// or"
+                           " redis+cluster:// URL")
+    return coredis.Redis.from_url(url, **kwargs)
+
+
+def describe(error: BaseException) -> str:
+    """The first real cause inside coredis's and trio's exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return str(error) or type(error).__name__
+
+
+def check_backend(settings: BackendSettings) -> None:
+    """Raise BackendError unless Redis answers now: nothing is mounted without it."""
+    async def ping() -> None:
+        client = connect(settings)
+        async with client:
+            await client.ping()
+
+    try:
+        trio.run(_within, settings.timeout, ping)
+    except BackendError:
+        raise
+    except BaseException as e:
+        raise BackendError(f"cannot reach Redis at {settings.url}: {describe(e)}") from None
+
+
+async def _within(seconds: float, call) -> None:
+    with trio.fail_after(seconds):
+        await call()
+
+
+class RedisStore:
+    """The :class:`~streamfs_fuse.namespace.TreeStore` of a tree shared through Redis."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.client = connect(settings)
+        prefix = settings.namespace
+        self.prefix = prefix
+        self.tree_key = f"{{{prefix}}}:tree"
+        self.epoch_key = f"{{{prefix}}}:epoch"
+        self.namespace: Namespace | None = None
+        self.epoch: str | None = None
+        #: The last tree event applied here.
+        self.applied = "0-0"
+        self.host = secrets.token_hex(6)
+        self._tokens = itertools.count()
+        # Commits of this host waiting for their event to be applied, by token.
+        self._commits: dict[str, Commit] = {}
+        self.shards: dict[int, Shard] = {}
+        # Reader and writer counts not yet added to Redis, by (meta key, figure).
+        self._counts: dict[tuple[str, str], int] = {}
+        self._counts_due = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._append = self.client.register_script(APPEND)
+        self._end = self.client.register_script(END)
+        self._totals = self.client.register_script(TOTALS)
+
+    # -- the process around it -------------------------------------------------
+
+    async def run(self, namespace: Namespace, *,
+                  task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve ``namespace`` until cancelled; started once its tree is loaded."""
+        self.namespace = namespace
+        namespace.store = self
+        async with self.client:
+            await self._check_epoch()
+            await self._apply_tree(block=None)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._follow_tree)
+                nursery.start_soon(self._send_counts)
+                task_status.started()
+
+    async def _call(self, command, *args, **kwargs):
+        """A command, tried again while Redis is unreachable, for up to ``timeout``."""
+        with trio.move_on_after(self.settings.timeout):
+            while True:
+                try:
+                    return await command(*args, **kwargs)
+                except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
+                        OSError) as e:
+                    log.debug("redis: %s; trying again", describe(e))
+                await trio.sleep(RECONNECT_DELAY)
+        log.error("redis at %s did not answer for %.0f s", self.settings.url,
+                  self.settings.timeout)
+        raise fail(errno.EIO)
+
+    async def _follow_each(self, step) -> None:
+        """Run ``step`` forever, waiting out Redis outages and noticing a lost epoch."""
+        while True:
+            try:
+                await step()
+                continue
+            except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
+                    OSError) as e:
+                log.debug("redis: %s; reconnecting", describe(e))
+            await trio.sleep(RECONNECT_DELAY)
+            try:
+                await self._check_epoch()
+            except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
+                    OSError):
+                pass
+
+    async def _check_epoch(self) -> None:
+        new = secrets.token_hex(8)
+        await self.client.set(self.epoch_key, new, condition=coredis.PureToken.NX)
+        epoch = (await self.client.get(self.epoch_key)).decode()
+        if self.epoch is not None and epoch != self.epoch:
+            self._reset()
+        self.epoch = epoch
+
+    def _reset(self) -> None:
+        """Redis lost everything: end every stream and start an empty tree."""
+        log.error("redis at %s lost the namespace %r (restarted empty?): every stream ends",
+                  self.settings.url, self.prefix)
+        namespace = self.namespace
+        for node in list(namespace.nodes.values()):
+            if isinstance(node, StreamFile):
+                node.stream.close()
+        for name in list(namespace.root.entries):
+            namespace.apply({"op": "remove_tree", "parent": ROOT_INODE,
+                             "name": name.decode("latin-1"), "time": 0})
+        self.applied = "0-0"
+        for shard in self.shards.values():
+            shard.logs.clear()
+            shard.changed()
+
+    # -- the tree --------------------------------------------------------------
+
+    async def commit(self, event: Event) -> Node | None:
+        token = f"{self.host}:{next(self._tokens)}"
+        commit = self._commits[token] = Commit()
+        event["by"] = token
+        try:
+            await self._call(self.client.xadd, self.tree_key,
+                             {"e": json.dumps(event, separators=(",", ":"))})
+            await commit.done.wait()
+        finally:
+            del self._commits[token]
+        if commit.error is not None:
+            raise commit.error
+        return commit.result
+
+    async def _follow_tree(self) -> None:
+        await self._follow_each(lambda: self._apply_tree(block=0))
+
+    async def _apply_tree(self, block: int | None) -> None:
+        """Apply the tree events after :attr:`applied`: those there are, or (block=0) wait."""
+        while True:
+            reply = await self.client.xread({self.tree_key: self.applied}, count=1000,
+                                            block=block)
+            entries = reply[self.tree_key.encode()] if reply else ()
+            for entry in entries:
+                self._apply(entry.identifier.decode(), json.loads(entry.field_values[b"e"]))
+            if block is not None or len(entries) < 1000:
+                return
+
+    def _apply(self, entry_id: str, event: Event) -> None:
+        self.applied = entry_id
+        ms, _, seq = entry_id.partition("-")
+        commit = self._commits.get(event.get("by", ""))
+        try:
+            result = self.namespace.apply(event, inode=int(ms) << 20 | int(seq))
+        except OSError as e:
+            if commit is None:
+                log.debug("tree event %s refused here too: %s", entry_id, e)
+                return
+            commit.error = e
+        else:
+            if commit is not None:
+                commit.result = result
+        if commit is not None:
+            commit.done.set()
+
+    # -- streams ---------------------------------------------------------------
+
+    def stream_log(self, node: StreamFile) -> RedisLog:
+        shard = node.inode % SHARDS
+        key = f"{{{self.prefix}:{shard}}}:{node.inode}"
+        return RedisLog(self, node.stream, key, shard)
+
+    def shard(self, number: int) -> Shard:
+        shard = self.shards.get(number)
+        if shard is None:
+            shard = self.shards[number] = Shard(self, number)
+            self._nursery.start_soon(self._follow_each, shard.step)
+        return shard
+
+    def count(self, meta: str, figure: str, delta: int) -> None:
+        key = (meta, figure)
+        self._counts[key] = self._counts.get(key, 0) + delta
+        self._counts_due.set()
+
+    async def _send_counts(self) -> None:
+        """Add this host's reader and writer counts to the totals, a batch at a time."""
+        while True:
+            await self._counts_due.wait()
+            self._counts_due = trio.Event()
+            counts, self._counts = self._counts, {}
+            for (meta, figure), delta in counts.items():
+                if delta:
+                    try:
+                        await self._call(self.client.hincrby, meta, figure, delta)
+                    except OSError:
+                        pass  # logged; the figure is off by what this host had
+
+    async def end(self, log_: RedisLog) -> None:
+        try:
+            await self._call(self._end, keys=[log_.key, log_.meta],
+                             args=[REMOVED_EXPIRY])
+        except OSError:
+            pass  # logged; another host that applies the removal ends it too
+
+
+class Commit:
+    """A tree event of this host on its way: set ``done`` once applied here."""
+
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Node | None = None
+        self.error: OSError | None = None
+
+
+class RedisLog:
+    """One stream's log in Redis: the :class:`~streamfs_fuse.stream.SharedLog` of ``stream``."""
+
+    def __init__(self, store: RedisStore, stream: Stream, key: str, shard: int) -> None:
+        self.store = store
+        self.stream = stream
+        self.key = key
+        self.meta = key + ":meta"
+        self.shard = shard
+        #: The last entry delivered here, while following.
+        self.last: str | None = None
+        self._loading: trio.Event | None = None
+        # Entries that came while local readers had no room (block policy).
+        self.paused = False
+
+    async def append(self, data: bytes) -> None:
+        try:
+            await self.store._call(self.store._append, keys=[self.key, self.meta],
+                                   args=[data, self.stream.settings.ring_buffer_size])
+        except coredis.exceptions.ResponseError as e:
+            if "STREAMFS_CLOSED" in str(e):
+                raise StreamClosed(self.stream.name) from None
+            raise
+
+    async def follow(self) -> None:
+        if self.last is not None:
+            return
+        if self._loading is not None:
+            await self._loading.wait()
+            return
+        self._loading = trio.Event()
+        try:
+            await self._load_history()
+        finally:
+            self._loading.set()
+            self._loading = None
+        self.store.shard(self.shard).add(self)
+
+    async def _load_history(self) -> None:
+        stream = self.stream
+        stream.ring.clear()
+        start = "-"
+        last = "0-0"
+        first = True
+        while True:
+            entries = await self.store._call(self.store.client.xrange, self.key, start, "+",
+                                             count=HISTORY_PAGE)
+            for entry in entries:
+                last = entry.identifier.decode()
+                if first:
+                    stream.bytes_written = offset_of(last)
+                    first = False
+                self.deliver_now(last, entry.field_values)
+            if len(entries) < HISTORY_PAGE:
+                break
+            start = "(" + last
+        if first:
+            totals = await self.store._call(self.store.client.hget, self.meta, "bytes")
+            stream.bytes_written = int(totals or 0)
+        self.last = last
+
+    def deliver_now(self, entry_id: str, fields: dict) -> None:
+        data = fields.get(b"d")
+        if data is None:
+            self.stream.close()  # the end: readers drain, then get EOF
+        else:
+            self.stream.deliver(data, offset_of(entry_id))
+
+    def unfollow(self) -> None:
+        if self.last is None:
+            return
+        self.last = None
+        shard = self.store.shards.get(self.shard)
+        if shard is not None:
+            shard.remove(self)
+        self.stream.ring.clear()
+
+    def end(self) -> None:
+        self.store._nursery.start_soon(self.store.end, self)
+
+    def count(self, figure: str, delta: int) -> None:
+        self.store.count(self.meta, figure, delta)
+
+    async def totals(self) -> SharedTotals:
+        reply = await self.store._call(self.store._totals, keys=[self.key, self.meta])
+        written, chunks, readers, writers, oldest, entries = (int(v) for v in reply)
+        return SharedTotals(written, chunks, readers, writers, written - oldest,
+                            entries - self.stream.closed)
+
+
+class Shard:
+    """The streams of one hash slot that this host follows, read by one blocking XREAD."""
+
+    def __init__(self, store: RedisStore, number: int) -> None:
+        self.store = store
+        self.number = number
+        self.logs: dict[str, RedisLog] = {}
+        self._changed = trio.Event()
+        self._reading: trio.CancelScope | None = None
+
+    def add(self, log_: RedisLog) -> None:
+        self.logs[log_.key] = log_
+        self.changed()
+
+    def remove(self, log_: RedisLog) -> None:
+        if self.logs.pop(log_.key, None) is not None:
+            self.changed()
+
+    def changed(self) -> None:
+        """Read again with the new set of streams."""
+        self._changed.set()
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def step(self) -> None:
+        """One blocking read of every followed stream that can take more, and its delivery."""
+        keys = {key: log_.last for key, log_ in self.logs.items() if not log_.paused}
+        if not keys:
+            self._changed = trio.Event()
+            await self._changed.wait()
+            return
+        self._changed = trio.Event()
+        reply = None
+        with trio.CancelScope() as self._reading:
+            reply = await self.store.client.xread(keys, count=READ_COUNT, block=0)
+        self._reading = None
+        if not reply:
+            return
+        for key, entries in reply.items():
+            log_ = self.logs.get(key.decode())
+            if log_ is not None:
+                self._deliver(log_, entries)
+
+    def _deliver(self, log_: RedisLog, entries) -> None:
+        stream = log_.stream
+        for i, entry in enumerate(entries):
+            entry_id = entry.identifier.decode()
+            data = entry.field_values.get(b"d")
+            if data is not None and not stream.accepts_now(len(data)):
+                # A block reader is full: wait for it apart, and read this
+                # stream no further meanwhile; other streams go on.
+                log_.paused = True
+                self.store._nursery.start_soon(self._deliver_later, log_, entries[i:])
+                return
+            log_.last = entry_id
+            log_.deliver_now(entry_id, entry.field_values)
+
+    async def _deliver_later(self, log_: RedisLog, entries) -> None:
+        waiter = Waiter()
+        try:
+            for entry in entries:
+                if log_.last is None:
+                    return  # no longer followed
+                entry_id = entry.identifier.decode()
+                data = entry.field_values.get(b"d")
+                if data is None:
+                    log_.stream.close()
+                else:
+                    await log_.stream.accept(data, waiter, offset_of(entry_id))
+                log_.last = entry_id
+        except StreamClosed:
+            return
+        finally:
+            log_.paused = False
+            self.changed()
+
+
+def offset_of(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
