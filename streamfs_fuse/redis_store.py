@@ -62,6 +62,10 @@ REMOVED_EXPIRY = 3600
 #: Wait between attempts to reach a Redis that went away.
 RECONNECT_DELAY = 0.2
 
+#: What a Redis that went away (or is failing over) raises: wait, and try again.
+UNREACHABLE = (coredis.exceptions.ConnectionError, coredis.exceptions.ClusterDownError,
+               coredis.exceptions.BusyLoadingError, TimeoutError, OSError)
+
 # Append one chunk, count it, and trim the log to the ring, in one step.
 APPEND = """
 if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then
@@ -185,6 +189,7 @@ class RedisStore:
         self._counts: dict[tuple[str, str], int] = {}
         self._counts_due = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._replaying = False
         self._append = self.client.register_script(APPEND)
         self._end = self.client.register_script(END)
         self._totals = self.client.register_script(TOTALS)
@@ -196,14 +201,16 @@ class RedisStore:
         """Serve ``namespace`` until cancelled; started once its tree is loaded."""
         self.namespace = namespace
         namespace.store = self
-        async with self.client:
+        async with self.client, trio.open_nursery() as nursery:
+            self._nursery = nursery
             await self._check_epoch()
+            # Streams removed in the past were ended by the host that removed them.
+            self._replaying = True
             await self._apply_tree(block=None)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._follow_tree)
-                nursery.start_soon(self._send_counts)
-                task_status.started()
+            self._replaying = False
+            nursery.start_soon(self._follow_tree)
+            nursery.start_soon(self._send_counts)
+            task_status.started()
 
     async def _call(self, command, *args, **kwargs):
         """A command, tried again while Redis is unreachable, for up to ``timeout``."""
@@ -211,8 +218,7 @@ class RedisStore:
             while True:
                 try:
                     return await command(*args, **kwargs)
-                except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
-                        OSError) as e:
+                except UNREACHABLE as e:
                     log.debug("redis: %s; trying again", describe(e))
                 await trio.sleep(RECONNECT_DELAY)
         log.error("redis at %s did not answer for %.0f s", self.settings.url,
@@ -225,15 +231,17 @@ class RedisStore:
             try:
                 await step()
                 continue
-            except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
-                    OSError) as e:
+            except UNREACHABLE as e:
                 log.debug("redis: %s; reconnecting", describe(e))
-            await trio.sleep(RECONNECT_DELAY)
-            try:
-                await self._check_epoch()
-            except (coredis.exceptions.ConnectionError, coredis.exceptions.TimeoutError,
-                    OSError):
-                pass
+            # Back only once the epoch is checked: reading on from the last
+            # entry of a Redis that restarted empty would wait forever.
+            while True:
+                await trio.sleep(RECONNECT_DELAY)
+                try:
+                    await self._check_epoch()
+                    break
+                except UNREACHABLE:
+                    pass
 
     async def _check_epoch(self) -> None:
         new = secrets.token_hex(8)
@@ -435,7 +443,8 @@ class RedisLog:
         self.stream.ring.clear()
 
     def end(self) -> None:
-        self.store._nursery.start_soon(self.store.end, self)
+        if not self.store._replaying:
+            self.store._nursery.start_soon(self.store.end, self)
 
     def count(self, figure: str, delta: int) -> None:
         self.store.count(self.meta, figure, delta)

@@ -1,0 +1,306 @@
+"""Mounts on several "hosts" sharing one tree through a real redis-server.
+
+Each host is its own daemon process and mountpoint; they share nothing but
+Redis, which the test setup starts on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import DAEMON, REQUIRE_MOUNT, free_port, wait_until, xattr
+from redis_servers import cli
+
+# Enough history that late joiners get everything a test writes.
+RING = "64MB"
+
+
+@pytest.fixture
+def hosts(mount_with, redis_server):
+    """``hosts(n, *args)``: n mounts sharing a fresh namespace of ``redis_server``."""
+    namespace = "t" + secrets.token_hex(4)
+    numbers = itertools.count()
+
+    def start(n: int = 3, *args: str):
+        return [mount_with(f"--backend={redis_server.url}", f"--namespace={namespace}",
+                           f"--ring-buffer-size={RING}", *args, name=f"host{next(numbers)}")
+                for _ in range(n)]
+
+    return start
+
+
+def local_readers(path) -> int:
+    return xattr(path, "local_readers")
+
+
+def test_the_tree_is_the_same_on_every_host(hosts):
+    a, b, c = hosts(3)
+    (a / "cams").mkdir()
+    (b / "cams" / "front").touch()
+    assert os.listdir(c / "cams") == ["front"]
+    os.chmod(a / "cams" / "front", 0o600)
+    assert (c / "cams" / "front").stat().st_mode & 0o777 == 0o600
+    os.chown(b / "cams" / "front", 1234, 5678)
+    assert (a / "cams" / "front").stat()[4:6] == (1234, 5678)
+    os.rename(c / "cams" / "front", c / "cams" / "back")
+    assert os.listdir(a / "cams") == ["back"] and os.listdir(b / "cams") == ["back"]
+    # The same rules everywhere: a name taken on one host is taken on all.
+    with pytest.raises(FileExistsError):
+        os.mkdir(b / "cams")
+    with pytest.raises(OSError) as raised:
+        os.rmdir(a / "cams")
+    assert raised.value.errno == errno.ENOTEMPTY
+    (b / "cams" / "back").unlink()
+    os.rmdir(c / "cams")
+    assert os.listdir(a.path) == os.listdir(b.path) == os.listdir(c.path) == []
+    # A host that mounts later replays the tree.
+    (a / "late").mkdir()
+    (d,) = hosts(1)
+    assert os.listdir(d.path) == ["late"]
+
+
+def test_racing_creates_on_two_hosts_give_one_winner(hosts):
+    a, b = hosts(2)
+    results = {}
+
+    def create(host, name):
+        try:
+            fd = os.open(host / "race", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            results[name] = "created"
+        except FileExistsError:
+            results[name] = "exists"
+
+    threads = [threading.Thread(target=create, args=(h, n)) for h, n in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == ["created", "exists"]
+
+
+def test_writers_on_two_hosts_reach_readers_on_all_three_in_one_order(hosts):
+    """Sequence-numbered lines from two writers for 30 s; early and late readers everywhere."""
+    a, b, c = hosts(3)
+    live = "live"
+    (a / live).touch()
+    early = [host.spawn(["cat", str(host / live)]) for host in (a, b, c)]
+    for host in (a, b, c):
+        wait_until(lambda: local_readers(host / live) == 1, what="an early reader per host")
+    stop = time.monotonic() + 30
+    counts = {}
+
+    def write(host, tag):
+        fd = os.open(host / live, os.O_WRONLY)
+        n = 0
+        try:
+            while time.monotonic() < stop:
+                os.write(fd, f"{tag} {n:08d}\n".encode())
+                n += 1
+                time.sleep(0.001)
+        finally:
+            os.close(fd)
+            counts[tag] = n
+
+    writers = [threading.Thread(target=write, args=(h, t)) for h, t in ((a, "A"), (b, "B"))]
+    for w in writers:
+        w.start()
+    time.sleep(15)
+    late = [host.spawn(["cat", str(host / live)]) for host in (a, b, c)]
+    for w in writers:
+        w.join()
+    (b / live).unlink()  # every reader drains, then gets EOF
+    outputs = [p.communicate(timeout=30)[0] for p in early + late]
+    assert all(p.returncode == 0 for p in early + late)
+    # One order: every reader saw the same bytes (the late ones all history, as the ring holds it).
+    assert len(set(outputs)) == 1
+    lines = outputs[0].decode().splitlines()
+    for tag in "AB":
+        numbers = [int(line.split()[1]) for line in lines if line.startswith(tag)]
+        assert numbers == list(range(counts[tag])), f"writer {tag}: missing or reordered lines"
+    assert len(lines) == sum(counts.values())
+    print(f"\n{counts['A']} + {counts['B']} lines, same order on 6 readers of 3 hosts")
+
+
+def test_late_joiners_meet_live_data_without_gap_or_duplicate(hosts):
+    """A small ring: a late joiner's history is a suffix of the stream that runs on into live data."""
+    a, b = hosts(2, "--ring-buffer-size=64KB")
+    (a / "s").touch()
+    fd = os.open(a / "s", os.O_WRONLY)
+    n = 0
+    joiners = []
+    try:
+        for round_ in range(20):
+            for _ in range(500):
+                os.write(fd, b"%08d\n" % n)
+                n += 1
+            joiners.append(b.spawn(["cat", str(b / "s")]))
+            wait_until(lambda: local_readers(b / "s") == len(joiners), what="the joiner")
+    finally:
+        os.close(fd)
+    (a / "s").unlink()
+    for joiner in joiners:
+        numbers = [int(x) for x in joiner.communicate(timeout=30)[0].split()]
+        assert joiner.returncode == 0
+        assert numbers == list(range(numbers[0], n)) and numbers[0] < n - 500
+
+
+def test_rm_on_one_host_drains_then_ends_readers_and_writers_everywhere(hosts):
+    a, b, c = hosts(3)
+    (a / "s").touch()
+    readers = [host.spawn(["cat", str(host / "s")]) for host in (a, b, c)]
+    for host in (a, b, c):
+        wait_until(lambda: local_readers(host / "s") == 1, what="the readers")
+    fd = os.open(c / "s", os.O_WRONLY)
+    payload = os.urandom(3 << 20)
+    for i in range(0, len(payload), 65536):
+        os.write(fd, payload[i:i + 65536])
+    (b / "s").unlink()
+    for reader in readers:
+        out, _ = reader.communicate(timeout=30)
+        assert reader.returncode == 0 and out == payload
+    with pytest.raises(BrokenPipeError):
+        os.write(fd, b"more")
+    os.close(fd)
+    assert not (a / "s").exists() and not (c / "s").exists()
+
+
+def test_size_and_figures_are_totals_across_hosts(hosts):
+    a, b, c = hosts(3)
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    with open(a / "s", "wb", buffering=0) as f:
+        f.write(b"x" * 1000)
+    with open(c / "s", "wb", buffering=0) as f:
+        f.write(b"y" * 500)
+    assert (b / "s").stat().st_size == 1500 and (a / "s").stat().st_size == 1500
+    assert xattr(c / "s", "chunks_written") == 2
+    wait_until(lambda: xattr(a / "s", "readers") == 1, what="the total of readers")
+    assert xattr(a / "s", "local_readers") == 0 and xattr(b / "s", "local_readers") == 1
+    reader.kill()
+
+
+def test_redis_unreachable_at_mount_time_is_a_one_line_error(tmp_path):
+    path = tmp_path / "m"
+    path.mkdir()
+    result = subprocess.run(
+        [*DAEMON, str(path),
+         f"--backend=redis://127.0.0.1:{free_port()}/0", "--backend-timeout=2"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert re.fullmatch(r"streamfs-fuse: error: cannot reach Redis at redis://127\.0\.0\.1:\d+/0:"
+                        r" .+\n", result.stderr), result.stderr
+    assert not os.path.ismount(path)
+
+
+def test_lost_connections_resume_from_the_last_entry(hosts, redis_server):
+    a, b = hosts(2)
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    with open(a / "s", "wb", buffering=0) as f:
+        for round_ in range(5):
+            for n in range(100):
+                f.write(b"%d-%d\n" % (round_, n))
+            # Redis drops every client connection; nothing in the ring is lost.
+            assert int(cli(redis_server.port, "client", "kill", "type", "normal") or 0) > 0
+    (a / "s").unlink()
+    out, _ = reader.communicate(timeout=30)
+    assert out.decode().split() == [f"{r}-{n}" for r in range(5) for n in range(100)]
+
+
+def test_writes_fail_with_eio_while_redis_is_gone_and_readers_wait(hosts, redis_server):
+    a, b = hosts(2, "--backend-timeout=1")
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    fd = os.open(a / "s", os.O_WRONLY)
+    os.write(fd, b"before\n")
+    redis_server.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as raised:
+        os.write(fd, b"during\n")
+    assert raised.value.errno == errno.EIO and time.monotonic() - started < 10
+    os.close(fd)
+    assert reader.poll() is None  # still waiting, not ended
+    # Redis comes back empty: every stream ends, logged once per host.
+    redis_server.start()
+    out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0 and out == b"before\n"
+    wait_until(lambda: os.listdir(a.path) == [], what="the emptied tree")
+    assert b.log().count("lost the namespace") == 1
+
+
+def test_redis_restarted_empty_ends_every_stream(hosts, redis_server):
+    a, b = hosts(2)
+    (a / "d").mkdir()
+    for name in ("s1", "s2"):
+        (a / "d" / name).touch()
+    readers = [b.spawn(["cat", str(b / "d" / n)]) for n in ("s1", "s2")]
+    for n in ("s1", "s2"):
+        wait_until(lambda: local_readers(b / "d" / n) == 1, what="the readers")
+    redis_server.restart()
+    for reader in readers:
+        reader.communicate(timeout=30)
+        assert reader.returncode == 0
+    wait_until(lambda: os.listdir(b.path) == [] and os.listdir(a.path) == [],
+               what="the emptied tree")
+    # And the namespace works again from scratch.
+    (b / "again").touch()
+    assert os.listdir(a.path) == ["again"]
+
+
+def test_one_host_killed_leaves_the_others_streaming(hosts):
+    a, b, c = hosts(3)
+    (a / "s").touch()
+    reader_a = a.spawn(["cat", str(a / "s")])
+    reader_c = c.spawn(["cat", str(c / "s")])
+    for host in (a, c):
+        wait_until(lambda: local_readers(host / "s") == 1, what="the readers")
+    a.stop(signal.SIGKILL)
+    reader_a.kill()
+    with open(b / "s", "wb", buffering=0) as f:
+        f.write(b"after the kill\n")
+    (b / "s").unlink()
+    out, _ = reader_c.communicate(timeout=30)
+    assert out == b"after the kill\n"
+
+
+@pytest.fixture
+def ffmpeg():
+    import shutil
+    if not shutil.which("ffmpeg"):
+        if REQUIRE_MOUNT:
+            pytest.fail("ffmpeg is missing but the video test is required here")
+        pytest.skip("ffmpeg is not installed")
+
+
+def test_video_written_on_one_host_decodes_on_two_others(ffmpeg, hosts):
+    from test_live_video import FPS, WRITER, Viewer, errors, frames
+    a, b, c = hosts(3)
+    (a / "live.ts").touch()
+    viewers = [Viewer(host, host / "live.ts") for host in (b, c)]
+    for host in (b, c):
+        wait_until(lambda: local_readers(host / "live.ts") == 1, what="the viewers")
+    seconds = 4
+    writer = a.spawn([*[w.replace("duration=10", f"duration={seconds}") for w in WRITER],
+                      str(a / "live.ts")], text=True)
+    _, log = writer.communicate(timeout=60)
+    assert writer.returncode == 0, log
+    assert frames(log) == seconds * FPS
+    (c / "live.ts").unlink()
+    for viewer in viewers:
+        decoder_status, cat_status, stderr = viewer.finish()
+        assert (decoder_status, cat_status) == (0, 0), stderr
+        assert frames(stderr) == seconds * FPS and errors(stderr) == []
