@@ -15,7 +15,7 @@ Keys, for namespace P (a hash tag keeps what one script touches in one slot):
   entry ID is ``OFFSET-1``, OFFSET being the stream offset of its first byte,
   so one script appends, counts and trims by MINID to exactly the newest
   ``ring_buffer_size`` bytes. The end of a removed stream is ``TOTAL-2``.
-  S = N % SHARDS spreads streams over the slots of a cluster, and one
+  S = shard_of(N) spreads streams over the slots of a cluster, and one
   XREAD can wait on every followed stream of a shard.
 
 Invariants:
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: Hash slots the streams of a namespace are spread over, and the most
 #: blocking reads (connections) a host keeps for following streams.
 SHARDS = 16
+#: Bits of an inode number that hold its tree entry's sequence within a millisecond.
+SEQUENCE_BITS = 20
 #: Entries per XRANGE page when a host loads a stream's history.
 HISTORY_PAGE = 256
 #: Entries per XREAD: enough to amortise a round trip, few enough to share.
@@ -225,8 +227,11 @@ class RedisStore:
                   self.settings.timeout)
         raise fail(errno.EIO)
 
-    async def _follow_each(self, step) -> None:
-        """Run ``step`` forever, waiting out Redis outages and noticing a lost epoch."""
+    async def _follow_each(self, step, resync=None) -> None:
+        """Run ``step`` forever, waiting out Redis outages and noticing a lost epoch.
+
+        After an outage ``resync`` is awaited, if given, before ``step`` again.
+        """
         while True:
             try:
                 await step()
@@ -239,6 +244,8 @@ class RedisStore:
                 await trio.sleep(RECONNECT_DELAY)
                 try:
                     await self._check_epoch()
+                    if resync is not None:
+                        await resync()
                     break
                 except UNREACHABLE:
                     pass
@@ -302,7 +309,7 @@ class RedisStore:
         ms, _, seq = entry_id.partition("-")
         commit = self._commits.get(event.get("by", ""))
         try:
-            result = self.namespace.apply(event, inode=int(ms) << 20 | int(seq))
+            result = self.namespace.apply(event, inode=int(ms) << SEQUENCE_BITS | int(seq))
         except OSError as e:
             if commit is None:
                 log.debug("tree event %s refused here too: %s", entry_id, e)
@@ -317,7 +324,7 @@ class RedisStore:
     # -- streams ---------------------------------------------------------------
 
     def stream_log(self, node: StreamFile) -> RedisLog:
-        shard = node.inode % SHARDS
+        shard = shard_of(node.inode)
         key = f"{{{self.prefix}:{shard}}}:{node.inode}"
         return RedisLog(self, node.stream, key, shard)
 
@@ -325,7 +332,7 @@ class RedisStore:
         shard = self.shards.get(number)
         if shard is None:
             shard = self.shards[number] = Shard(self, number)
-            self._nursery.start_soon(self._follow_each, shard.step)
+            self._nursery.start_soon(self._follow_each, shard.step, shard.resync)
         return shard
 
     def count(self, meta: str, figure: str, delta: int) -> None:
@@ -457,14 +464,20 @@ class RedisLog:
 
 
 class Shard:
-    """The streams of one hash slot that this host follows, read by one blocking XREAD."""
+    """The streams of one hash slot that this host follows, read by one blocking XREAD.
+
+    The read also waits on the shard's doorbell, a stream of this host's own,
+    which is rung when the set of followed streams changes: a blocking read is
+    never cancelled (coredis's cluster client loses the connection of each).
+    """
 
     def __init__(self, store: RedisStore, number: int) -> None:
         self.store = store
         self.number = number
         self.logs: dict[str, RedisLog] = {}
-        self._changed = trio.Event()
-        self._reading: trio.CancelScope | None = None
+        self.bell = f"{{{store.prefix}:{number}}}:bell:{store.host}"
+        self._bell_last = "0-0"
+        self._ringing = False
 
     def add(self, log_: RedisLog) -> None:
         self.logs[log_.key] = log_
@@ -476,26 +489,46 @@ class Shard:
 
     def changed(self) -> None:
         """Read again with the new set of streams."""
-        self._changed.set()
-        if self._reading is not None:
-            self._reading.cancel()
+        if not self._ringing:
+            self._ringing = True
+            self.store._nursery.start_soon(self._ring)
+
+    async def _ring(self) -> None:
+        try:
+            await self.store._call(self.store.client.xadd, self.bell, {"w": "1"},
+                                   trim_strategy=coredis.PureToken.MAXLEN, threshold=1)
+        except OSError:
+            pass  # logged; the read is woken by the next entry of any stream
+        finally:
+            self._ringing = False
+
+    async def resync(self) -> None:
+        """After an outage: go on from the log's end where Redis has lost what we read.
+
+        A failover loses the entries the old master had not yet passed on to its
+        replica (replication is asynchronous). Reading on after them would skip
+        the new master's entries until their offsets passed ours.
+        """
+        for log_ in list(self.logs.values()):
+            newest = await self.store.client.xrevrange(log_.key, "+", "-", count=1)
+            end = newest[0].identifier.decode() if newest else "0-0"
+            if log_.last is not None and entry_key(end) < entry_key(log_.last):
+                log.warning("stream %r: Redis lost the chunks after offset %d (a failover?);"
+                            " going on from there", log_.stream.name, offset_of(end))
+                log_.last = end
 
     async def step(self) -> None:
         """One blocking read of every followed stream that can take more, and its delivery."""
         keys = {key: log_.last for key, log_ in self.logs.items() if not log_.paused}
-        if not keys:
-            self._changed = trio.Event()
-            await self._changed.wait()
-            return
-        self._changed = trio.Event()
-        reply = None
-        with trio.CancelScope() as self._reading:
-            reply = await self.store.client.xread(keys, count=READ_COUNT, block=0)
-        self._reading = None
-        if not reply:
-            return
-        for key, entries in reply.items():
-            log_ = self.logs.get(key.decode())
+        keys[self.bell] = self._bell_last
+        self._ringing = False
+        reply = await self.store.client.xread(keys, count=READ_COUNT, block=0)
+        for key, entries in (reply or {}).items():
+            key = key.decode()
+            if key == self.bell:
+                self._bell_last = entries[-1].identifier.decode()
+                continue
+            log_ = self.logs.get(key)
             if log_ is not None:
                 self._deliver(log_, entries)
 
@@ -533,5 +566,16 @@ class Shard:
             self.changed()
 
 
+def shard_of(inode: int) -> int:
+    """The shard of a stream: its creation's millisecond and sequence, spread."""
+    return ((inode >> SEQUENCE_BITS) + inode) % SHARDS
+
+
 def offset_of(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """An entry ID as something that sorts as Redis orders them."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
