@@ -1,0 +1,147 @@
+"""The core's seams for a shared store, without Redis: tree events and a stream's log."""
+
+import errno
+
+import pytest
+import trio
+import trio.testing
+
+from streamfs_fuse.namespace import Directory, Namespace, StreamFile
+from streamfs_fuse.stream import (SharedTotals, SlowReaderPolicy, Stream, StreamClosed,
+                                  StreamSettings)
+from streamfs_fuse.wait import Waiter
+
+
+class RecordingStore:
+    """A TreeStore that applies each event at once and keeps it, in order, with its inode."""
+
+    def __init__(self):
+        self.namespace = None
+        self.events = []
+        self.inodes = iter(range(1000, 10**6, 7))
+
+    async def commit(self, event):
+        inode = next(self.inodes)
+        self.events.append((dict(event), inode))
+        return self.namespace.apply(event, inode)
+
+    def stream_log(self, node):
+        return FakeLog(node.stream)
+
+
+class FakeLog:
+    """A SharedLog that keeps what is appended, for the test to deliver back."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.appended = []
+        self.ended = False
+        self.follows = 0
+        self.counts = {"readers": 0, "writers": 0}
+
+    async def append(self, data):
+        if self.ended:
+            raise StreamClosed(self.stream.name)
+        self.appended.append(data)
+
+    async def follow(self):
+        self.follows += 1
+
+    def unfollow(self):
+        self.follows = 0
+
+    def end(self):
+        self.ended = True
+
+    def count(self, figure, delta):
+        self.counts[figure] += delta
+
+    async def totals(self):
+        return SharedTotals(9000, 9, self.counts["readers"] + 2, self.counts["writers"], 100, 1)
+
+
+def shared_namespace():
+    store = RecordingStore()
+    namespace = Namespace(StreamSettings(), uid=0, gid=0, store=store)
+    store.namespace = namespace
+    return namespace, store
+
+
+def shape(namespace):
+    """Every node as (path, inode, mode, uid, gid), the way a host would see it."""
+    return sorted((namespace.path(node), node.inode, node.mode, node.uid, node.gid)
+                  for node in namespace.nodes.values())
+
+
+async def test_the_same_events_give_every_host_the_same_tree_and_the_same_errors():
+    a, store = shared_namespace()
+    cams = await a.create(Directory, a.root, b"cams", 0o755, 1, 1)
+    front = await a.create(StreamFile, cams, b"front", 0o644, 2, 2)
+    await a.create(StreamFile, a.root, b"old", 0o600, 0, 0)
+    await a.setattr(front, mode=0o600, uid=7)
+    with pytest.raises(FileExistsError):
+        await a.create(StreamFile, cams, b"front", 0o644, 0, 0)
+    await a.rename(cams, b"front", a.root, b"old")  # replaces old, which ends
+    await a.rmdir(a.root, b"cams")
+
+    b = Namespace(StreamSettings(), uid=0, gid=0)
+    for event, inode in store.events:
+        try:
+            b.apply(event, inode)
+        except OSError as e:
+            assert e.errno == errno.EEXIST  # refused here as it was there
+    assert shape(b) == shape(a)
+    assert b.child(b.root, b"old").inode == front.inode
+    assert b.child(b.root, b"old").mtime_ns == a.child(a.root, b"old").mtime_ns
+
+
+async def test_a_shared_stream_writes_to_its_log_and_readers_get_what_comes_back():
+    namespace, _ = shared_namespace()
+    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    stream, log = node.stream, node.stream.log
+    reader = await stream.join()
+    writer = stream.open_writer()
+    assert log.follows == 1 and log.counts == {"readers": 1, "writers": 1}
+    assert await writer.write(b"hello") == 5
+    assert log.appended == [b"hello"] and reader.pending == 0  # only the log's order counts
+    await stream.accept(b"hello", Waiter(), offset=0)
+    await stream.accept(b"world", Waiter(), offset=100)  # 95 bytes were trimmed before we read
+    assert await reader.read(100) == b"helloworld"
+    assert (stream.dropped_chunks, stream.dropped_bytes) == (1, 95)
+    await stream.refresh()
+    figures = stream.statistics()
+    assert (figures.bytes_written, figures.readers, figures.local_readers) == (9000, 3, 1)
+    assert stream.size == 9000 and stream.history_bytes == 100
+
+
+async def test_removing_a_shared_stream_ends_the_log_and_readers_only_at_its_end():
+    namespace, _ = shared_namespace()
+    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    stream, log = node.stream, node.stream.log
+    reader = await stream.join()
+    writer = stream.open_writer()
+    await namespace.unlink(namespace.root, b"s")
+    assert log.ended and stream.closed and not stream.ended
+    with pytest.raises(StreamClosed):
+        await writer.write(b"late")
+    # Chunks written on other hosts before the end still arrive, then EOF.
+    await stream.accept(b"last", Waiter(), offset=0)
+    stream.close()
+    assert await reader.read(100) == b"last" and await reader.read(100) == b""
+    stream.release_reader(reader)
+    assert log.follows == 0 and log.counts["readers"] == 0
+
+
+async def test_a_block_follower_waits_for_room_and_says_so_first():
+    stream = Stream("/s", StreamSettings(channel_buffer_size=1,
+                                         slow_reader=SlowReaderPolicy.BLOCK))
+    reader = stream.open_reader()
+    assert stream.accepts_now(10)
+    stream.deliver(b"x" * 10)
+    assert not stream.accepts_now(10)  # the reader's queue is full
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.accept, b"y" * 10, Waiter())
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.waiting_writes == 1
+        assert await reader.read(100) == b"x" * 10
+    assert await reader.read(100) == b"y" * 10
