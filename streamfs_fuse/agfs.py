@@ -236,6 +236,7 @@ class AGFSDoor(HTTPDoor):
                 await self.namespace.rmdir(parent, names[-1])
             else:
                 await self.namespace.unlink(parent, names[-1])
+        await self.namespace.settle()
         await self._send_json(conn, sock, 200, {"message": "deleted"})
 
     async def _api_list(self, conn, sock, params, body) -> None:
@@ -297,6 +298,7 @@ class AGFSDoor(HTTPDoor):
         with agfs_errors("rename", path):
             await self.namespace.rename(self._parent(names), names[-1],
                                         self._parent(new_names), new_names[-1])
+        await self.namespace.settle()
         await self._send_json(conn, sock, 200, {"message": "renamed"})
 
     def _parent(self, names: list[bytes]) -> Directory:

@@ -17,6 +17,7 @@ Caveats:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
 import errno
 import functools
@@ -143,17 +144,39 @@ class StreamFS(pyfuse3.Operations):
         self._listings: dict[int, Listing] = {}
         self._fhs = itertools.count(1)
         self.signals = SignalWatch()
-        # True while a FUSE request changes names: the kernel knows those already.
-        self._own_change = False
+        # (directory inode, name) that FUSE requests are removing: the kernel knows.
+        self._own_changes: set[tuple[int, bytes]] = set()
 
     def init(self) -> None:
         # The kernel caches names for ENTRY_TIMEOUT; when another door removes
         # or moves one, it must be told at once.
         self.namespace.name_watchers.append(self._name_gone)
 
-    def _name_gone(self, parent: Directory, name: bytes) -> None:
-        if not self._own_change:
-            pyfuse3.invalidate_entry_async(parent.inode, name, ignore_enoent=True)
+    def _name_gone(self, parent: Directory, name: bytes) -> trio.Event | None:
+        if (parent.inode, name) in self._own_changes:
+            return None  # the kernel's own request: it knows
+        done = trio.Event()
+        trio.lowlevel.spawn_system_task(self._forget_name, parent.inode, name, done)
+        return done
+
+    @staticmethod
+    async def _forget_name(parent_inode: int, name: bytes, done: trio.Event) -> None:
+        # In a thread: the kernel may first wait for a request on the
+        # directory that this loop is about to answer.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent_inode, name)
+        except Exception as e:  # not cached, or no mount (yet, or any more)
+            log.debug("the kernel could not forget %r: %s", name, e)
+        finally:
+            done.set()
+
+    @contextlib.contextmanager
+    def _own_change(self, *names: tuple[int, bytes]):
+        self._own_changes.update(names)
+        try:
+            yield
+        finally:
+            self._own_changes.difference_update(names)
 
     # -- helpers ---------------------------------------------------------
 
@@ -241,30 +264,21 @@ class StreamFS(pyfuse3.Operations):
         return self._attributes(node)
 
     async def unlink(self, parent_inode, name, ctx):
-        self._own_change = True
-        try:
+        with self._own_change((parent_inode, name)):
             await self.namespace.unlink(self.namespace.directory(parent_inode), name)
-        finally:
-            self._own_change = False
 
     async def rmdir(self, parent_inode, name, ctx):
-        self._own_change = True
-        try:
+        with self._own_change((parent_inode, name)):
             await self.namespace.rmdir(self.namespace.directory(parent_inode), name)
-        finally:
-            self._own_change = False
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         namespace = self.namespace
-        self._own_change = True
-        try:
+        with self._own_change((parent_inode_old, name_old), (parent_inode_new, name_new)):
             await namespace.rename(namespace.directory(parent_inode_old), name_old,
                                    namespace.directory(parent_inode_new), name_new,
                                    replace=not flags & pyfuse3.RENAME_NOREPLACE)
-        finally:
-            self._own_change = False
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise pyfuse3.FUSEError(errno.EPERM)

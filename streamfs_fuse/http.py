@@ -347,6 +347,7 @@ class HTTPDoor:
             await self.namespace.rmdir(parent, names[-1])
         else:
             await self.namespace.unlink(parent, names[-1])
+        await self.namespace.settle()
         await sock.send_all(conn.send(response(status_code=204, headers=[])))
         await sock.send_all(conn.send(h11.EndOfMessage()))
 

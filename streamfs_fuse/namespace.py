@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import trio
+
 from .budget import MemoryBudget
 from .stream import SharedLog, Stream, StreamSettings
 
@@ -123,7 +125,9 @@ class Namespace:
         self._now = 0
         #: Called with (directory, name) when a name goes away, by rm, rmdir or
         #: mv, so that a door that caches names (the kernel does) can forget it.
-        self.name_watchers: list[Callable[[Directory, bytes], None]] = []
+        #: A watcher may return an Event it sets once it has: see :meth:`settle`.
+        self.name_watchers: list[Callable[[Directory, bytes], trio.Event | None]] = []
+        self._notices: list[trio.Event] = []
 
     # -- finding nodes -------------------------------------------------------
 
@@ -342,8 +346,21 @@ class Namespace:
         node = parent.entries.pop(name)
         parent.subdirs -= isinstance(node, Directory)
         for watcher in self.name_watchers:
-            watcher(parent, name)
+            notice = watcher(parent, name)
+            if notice is not None:
+                if len(self._notices) > 64:  # nobody settles changes applied for other hosts
+                    self._notices = [n for n in self._notices if not n.is_set()]
+                self._notices.append(notice)
         return node
+
+    async def settle(self) -> None:
+        """Return once every door has forgotten the names removed so far.
+
+        A door awaits this before it answers a change, so that its client then
+        finds the old name gone through every other door too.
+        """
+        while self._notices:
+            await self._notices.pop().wait()
 
     def _remove(self, parent: Directory, name: bytes) -> None:
         node = self._detach(parent, name)
