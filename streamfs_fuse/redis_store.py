@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import coredis
 import coredis.exceptions
+import coredis.retry
 import trio
 
 from .config import BackendSettings
@@ -61,6 +62,8 @@ HISTORY_PAGE = 256
 READ_COUNT = 128
 #: How long a removed stream's keys stay, for hosts still draining them.
 REMOVED_EXPIRY = 3600
+#: How often a host looks whether Redis restarted empty.
+EPOCH_CHECK_INTERVAL = 1.0
 #: Wait between attempts to reach a Redis that went away.
 RECONNECT_DELAY = 0.2
 
@@ -120,7 +123,7 @@ def connect(settings: BackendSettings) -> coredis.Redis | coredis.RedisCluster:
                 password = f.readline().strip()
         except OSError as e:
             raise BackendError(f"cannot read {settings.password_file}: {e.strerror}") from None
-    kwargs = {"password": password} if password else {}
+    kwargs: dict = {"password": password} if password else {}
     parts = urlsplit(url)
     if parts.scheme in ("redis+cluster", "rediss+cluster"):
         nodes = []
@@ -138,7 +141,10 @@ def connect(settings: BackendSettings) -> coredis.Redis | coredis.RedisCluster:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise BackendError(f"{url}: the backend must be a redis://, rediss://, unix:// or"
                            " redis+cluster:// URL")
-    return coredis.Redis.from_url(url, **kwargs)
+    # No retries inside coredis, so that a follower sees each lost connection
+    # (commands are retried by RedisStore._call, as long as the user allows).
+    # A cluster client keeps its own: it finds a failed-over master through them.
+    return coredis.Redis.from_url(url, retry_policy=coredis.retry.NoRetryPolicy(), **kwargs)
 
 
 def describe(error: BaseException) -> str:
@@ -159,8 +165,19 @@ def check_backend(settings: BackendSettings) -> None:
         trio.run(_within, settings.timeout, ping)
     except BackendError:
         raise
+    except trio.TooSlowError:
+        raise BackendError(f"cannot reach Redis at {shown(settings.url)}: no answer within"
+                           f" {settings.timeout:g} s") from None
     except BaseException as e:
-        raise BackendError(f"cannot reach Redis at {settings.url}: {describe(e)}") from None
+        raise BackendError(f"cannot reach Redis at {shown(settings.url)}: {describe(e)}") from None
+
+
+def shown(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")).geturl()
 
 
 async def _within(seconds: float, call) -> None:
@@ -212,6 +229,7 @@ class RedisStore:
             self._replaying = False
             nursery.start_soon(self._follow_tree)
             nursery.start_soon(self._send_counts)
+            nursery.start_soon(self._watch_epoch)
             task_status.started()
 
     async def _call(self, command, *args, **kwargs):
@@ -223,7 +241,7 @@ class RedisStore:
                 except UNREACHABLE as e:
                     log.debug("redis: %s; trying again", describe(e))
                 await trio.sleep(RECONNECT_DELAY)
-        log.error("redis at %s did not answer for %.0f s", self.settings.url,
+        log.error("redis at %s did not answer for %g s", shown(self.settings.url),
                   self.settings.timeout)
         raise fail(errno.EIO)
 
@@ -250,6 +268,20 @@ class RedisStore:
                 except UNREACHABLE:
                     pass
 
+    async def _watch_epoch(self) -> None:
+        """Look whether Redis lost data, even where no follower saw a connection drop.
+
+        A cluster client reconnects by itself, to a failed-over master too.
+        """
+        while True:
+            await trio.sleep(EPOCH_CHECK_INTERVAL)
+            try:
+                await self._check_epoch()
+                for shard in list(self.shards.values()):
+                    await shard.resync(idle_only=True)
+            except UNREACHABLE:
+                pass
+
     async def _check_epoch(self) -> None:
         new = secrets.token_hex(8)
         await self.client.set(self.epoch_key, new, condition=coredis.PureToken.NX)
@@ -261,7 +293,7 @@ class RedisStore:
     def _reset(self) -> None:
         """Redis lost everything: end every stream and start an empty tree."""
         log.error("redis at %s lost the namespace %r (restarted empty?): every stream ends",
-                  self.settings.url, self.prefix)
+                  shown(self.settings.url), self.prefix)
         namespace = self.namespace
         for node in list(namespace.nodes.values()):
             if isinstance(node, StreamFile):
@@ -383,6 +415,8 @@ class RedisLog:
         self.shard = shard
         #: The last entry delivered here, while following.
         self.last: str | None = None
+        #: :attr:`last` when :meth:`Shard.resync` last looked.
+        self.last_seen: str | None = None
         self._loading: trio.Event | None = None
         # Entries that came while local readers had no room (block policy).
         self.paused = False
@@ -502,14 +536,19 @@ class Shard:
         finally:
             self._ringing = False
 
-    async def resync(self) -> None:
+    async def resync(self, idle_only: bool = False) -> None:
         """After an outage: go on from the log's end where Redis has lost what we read.
 
         A failover loses the entries the old master had not yet passed on to its
         replica (replication is asynchronous). Reading on after them would skip
-        the new master's entries until their offsets passed ours.
+        the new master's entries until their offsets passed ours, so such a
+        stream looks idle: ``idle_only`` looks at those that got nothing since
+        the last look.
         """
         for log_ in list(self.logs.values()):
+            if idle_only and log_.last != log_.last_seen:
+                log_.last_seen = log_.last
+                continue
             newest = await self.store.client.xrevrange(log_.key, "+", "-", count=1)
             end = newest[0].identifier.decode() if newest else "0-0"
             if log_.last is not None and entry_key(end) < entry_key(log_.last):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import DAEMON, REQUIRE_MOUNT, free_port, wait_until, xattr
+from conftest import DAEMON, REQUIRE_MOUNT, accepts, free_port, wait_until, xattr
 from redis_servers import cli
 
 # Enough history that late joiners get everything a test writes.
@@ -304,3 +304,42 @@ def test_video_written_on_one_host_decodes_on_two_others(ffmpeg, hosts):
         decoder_status, cat_status, stderr = viewer.finish()
         assert (decoder_status, cat_status) == (0, 0), stderr
         assert frames(stderr) == seconds * FPS and errors(stderr) == []
+
+
+def test_http_on_one_host_serves_streams_written_on_another(hosts):
+    port = free_port()
+    a, b = hosts(2)
+    (c,) = hosts(1, "--http", f"127.0.0.1:{port}")
+    wait_until(lambda: accepts(port), what="the HTTP port")
+    (a / "s").touch()
+    curl = c.spawn(["curl", "-sS", "-N", f"http://127.0.0.1:{port}/s"])
+    wait_until(lambda: local_readers(c / "s") == 1, what="the HTTP reader")
+    with open(a / "s", "wb", buffering=0) as f:
+        f.write(b"from A ")
+    put = subprocess.run(["curl", "-sS", "-X", "PUT", "--data-binary", "and HTTP",
+                          f"http://127.0.0.1:{port}/s"], capture_output=True, timeout=30)
+    assert put.returncode == 0, put.stderr
+    (b / "s").unlink()
+    out, err = curl.communicate(timeout=30)
+    assert curl.returncode == 0 and out == b"from A and HTTP", err
+
+
+def test_a_password_from_a_file_or_the_url_and_a_wrong_one_refused(
+        tmp_path, mount_with, redis_server):
+    assert cli(redis_server.port, "config", "set", "requirepass", "s3cret") == "OK"
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    a = mount_with(f"--backend={redis_server.url}", f"--backend-password-file={secret}",
+                   name="a")
+    url = redis_server.url.replace("redis://", "redis://:s3cret@")
+    b = mount_with(f"--backend={url}", name="b")
+    (a / "s").touch()
+    assert os.listdir(b.path) == ["s"]
+    path = tmp_path / "m"
+    path.mkdir()
+    wrong = redis_server.url.replace("redis://", "redis://:wrong@")
+    result = subprocess.run([*DAEMON, str(path), f"--backend={wrong}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and not os.path.ismount(path)
+    assert result.stderr.startswith("streamfs-fuse: error: cannot reach Redis at redis://:***@")
+    assert "wrong" not in result.stderr and len(result.stderr.splitlines()) == 1
