@@ -555,6 +555,7 @@ class Shard:
                 log.warning("stream %r: Redis lost the chunks after offset %d (a failover?);"
                             " going on from there", log_.stream.name, offset_of(end))
                 log_.last = end
+                self.changed()
 
     async def step(self) -> None:
         """One blocking read of every followed stream that can take more, and its delivery."""

@@ -81,6 +81,8 @@ class StreamStatistics:
     ring_chunks: int
     local_readers: int
     local_writers: int
+    #: History this host holds: for a shared stream, its mirror of the log's ring.
+    local_ring_bytes: int
     queued_bytes: int
     #: Memory held for readers beyond the ring, with per-chunk overhead: what
     #: this stream counts against ``max_memory``.
@@ -533,6 +535,7 @@ class Stream:
             ring_chunks=totals.ring_chunks,
             local_readers=len(self.readers),
             local_writers=self.writers,
+            local_ring_bytes=self.ring.nbytes,
             queued_bytes=sum(reader.pending for reader in self.readers),
             held_bytes=self.held,
             dropped_chunks=self.dropped_chunks,

@@ -343,3 +343,23 @@ def test_a_password_from_a_file_or_the_url_and_a_wrong_one_refused(
     assert result.returncode == 1 and not os.path.ismount(path)
     assert result.stderr.startswith("streamfs-fuse: error: cannot reach Redis at redis://:***@")
     assert "wrong" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_follower_goes_on_when_redis_loses_entries_it_had_read(hosts, redis_server):
+    """As after a failover to a replica that had not got the newest entries."""
+    a, b = hosts(2)
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    with open(a / "s", "wb", buffering=0) as f:
+        f.write(b"kept ")
+        wait_until(lambda: xattr(b / "s", "local_ring_bytes") == 5, what="B to read it")
+        inode = os.stat(a / "s").st_ino
+        keys = cli(redis_server.port, "keys", f"*}}:{inode}*").split()
+        assert len(keys) == 2 and cli(redis_server.port, "del", *keys) == "2"
+        wait_until(lambda: "Redis lost the chunks after offset 0" in b.log(),
+                   what="B to notice")
+        f.write(b"then more")
+    (a / "s").unlink()
+    out, _ = reader.communicate(timeout=30)
+    assert out == b"kept then more"
