@@ -23,8 +23,8 @@ from .budget import physical_memory
 from .http import HTTPSettings
 from .stream import SlowReaderPolicy, StreamSettings
 
-__all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size", "parse_address",
-           "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
+__all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
+           "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
            "sections_from", "check_backend", "check_http"]
 
 

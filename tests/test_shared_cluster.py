@@ -40,6 +40,18 @@ def master_of(cluster, namespace: str, path) -> int:
     return cluster.master_for_key(f"{{{namespace}:{shard_of(inode)}}}:{inode}")
 
 
+def one_stream_per_master(mount, cluster, namespace: str) -> dict[int, str]:
+    """Create streams in ``mount`` until each master holds one; their names by master."""
+    names: dict[int, str] = {}
+    for i in range(1000):
+        path = mount / f"s{i}"
+        path.touch()
+        names.setdefault(master_of(cluster, namespace, path), path.name)
+        if len(names) == len(cluster.masters()):
+            return names
+    raise AssertionError(f"1000 streams left a master without one: {names}")
+
+
 def tree_master(cluster, namespace: str) -> int:
     return cluster.master_for_key(f"{{{namespace}}}:tree")
 
@@ -70,13 +82,7 @@ def test_a_paused_master_stalls_only_its_own_streams(hosts, redis_cluster):
     a, b = hosts(2)
     tree = tree_master(redis_cluster, hosts.namespace)
     paused = next(port for port in redis_cluster.masters() if port != tree)
-    by_master = {}
-    i = 0
-    while len(by_master) < 3:
-        path = a / f"s{i}"
-        path.touch()
-        by_master.setdefault(master_of(redis_cluster, hosts.namespace, path), path.name)
-        i += 1
+    by_master = one_stream_per_master(a, redis_cluster, hosts.namespace)
     stalled, flowing = by_master[paused], by_master[tree]
     readers = {name: b.spawn(["cat", str(b / name)]) for name in (stalled, flowing)}
     for name in readers:
@@ -106,13 +112,7 @@ def test_a_failover_during_writes_loses_at_most_what_was_not_yet_replicated(
     a, b = hosts(2, "--backend-timeout=30")
     tree = tree_master(redis_cluster, hosts.namespace)
     victim = next(port for port in redis_cluster.masters() if port != tree)
-    names = {}
-    i = 0
-    while len(names) < 3:
-        path = a / f"s{i}"
-        path.touch()
-        names.setdefault(master_of(redis_cluster, hosts.namespace, path), path.name)
-        i += 1
+    names = one_stream_per_master(a, redis_cluster, hosts.namespace)
     readers = {name: b.spawn(["cat", str(b / name)]) for name in names.values()}
     for name in readers:
         wait_until(lambda: xattr(b / name, "local_readers") == 1, what="the readers")
