@@ -371,6 +371,32 @@ class Namespace:
             log.info("stream %r removed", node.stream.name)
         self._forget_if_unused(node)
 
+    # -- the whole tree at once ----------------------------------------------
+
+    def snapshot(self) -> list[list]:
+        """Every node as a JSON-ready row, parents first: what :meth:`restore` rebuilds."""
+        rows = []
+        pending = [self.root]
+        while pending:
+            directory = pending.pop()
+            for node in directory.entries.values():
+                rows.append([node.inode, directory.inode, _text(node.name),
+                             isinstance(node, Directory), node.mode, node.uid, node.gid,
+                             node.atime_ns, node.mtime_ns, node.ctime_ns])
+                if isinstance(node, Directory):
+                    pending.append(node)
+        return rows
+
+    def restore(self, rows: list[list]) -> None:
+        """Rebuild an empty tree from :meth:`snapshot` rows, with their inode numbers."""
+        times = []
+        for inode, parent, name, is_dir, mode, uid, gid, atime, mtime, ctime in rows:
+            kind = Directory if is_dir else StreamFile
+            node = self._create(kind, self.directory(parent), _bytes(name), mode, uid, gid, inode)
+            times.append((node, atime, mtime, ctime))
+        for node, atime, mtime, ctime in times:  # after linking children changed them
+            node.atime_ns, node.mtime_ns, node.ctime_ns = atime, mtime, ctime
+
     # -- what the doors hold -------------------------------------------------
 
     def hold(self, node: Node, count: int = 1) -> None:

@@ -9,6 +9,10 @@ Keys, for namespace P (a hash tag keeps what one script touches in one slot):
   every host the same tree, inode numbers and errors (see namespace.py). A
   create's inode number is made from its entry ID, so it is the same on
   every host and never reused, even after Redis loses everything.
+- ``{P}:snapshot``: the tree as of one event (``id``), written every
+  :data:`SNAPSHOT_EVERY` events; the events before the previous snapshot
+  (``trimmed``) are then trimmed. A host starts from the snapshot, and one
+  that finds it has not applied events since trimmed starts again from it.
 - ``{P}:epoch``: set when the namespace is first used. Another value after a
   reconnect means Redis lost its data: every stream ends, logged once.
 - ``{P:S}:N`` and ``{P:S}:N:meta``: stream N's chunks and totals. A chunk's
@@ -62,6 +66,8 @@ HISTORY_PAGE = 256
 READ_COUNT = 128
 #: How long a removed stream's keys stay, for hosts still draining them.
 REMOVED_EXPIRY = 3600
+#: Tree events between snapshots of the tree.
+SNAPSHOT_EVERY = 1000
 #: How often a host looks whether Redis restarted empty.
 EPOCH_CHECK_INTERVAL = 1.0
 #: Wait between attempts to reach a Redis that went away.
@@ -96,6 +102,25 @@ local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 redis.call('XADD', KEYS[1], string.format('%d-2', total), 'end', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Keep the tree as of event ARGV[1], if newer than the snapshot there, and
+# trim the events before that older snapshot.
+SNAPSHOT = """
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local current = redis.call('HGET', KEYS[1], 'id')
+if current then
+  if not newer(ARGV[1], current) then return 0 end
+  redis.call('XTRIM', KEYS[2], 'MINID', current)
+  redis.call('HSET', KEYS[1], 'trimmed', current)
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'rows', ARGV[2])
 return 1
 """
 
@@ -195,10 +220,12 @@ class RedisStore:
         self.prefix = prefix
         self.tree_key = f"{{{prefix}}}:tree"
         self.epoch_key = f"{{{prefix}}}:epoch"
+        self.snapshot_key = f"{{{prefix}}}:snapshot"
         self.namespace: Namespace | None = None
         self.epoch: str | None = None
         #: The last tree event applied here.
         self.applied = "0-0"
+        self._since_snapshot = 0
         self.host = secrets.token_hex(6)
         self._tokens = itertools.count()
         # Commits of this host waiting for their event to be applied, by token.
@@ -212,6 +239,7 @@ class RedisStore:
         self._append = self.client.register_script(APPEND)
         self._end = self.client.register_script(END)
         self._totals = self.client.register_script(TOTALS)
+        self._snapshot = self.client.register_script(SNAPSHOT)
 
     # -- the process around it -------------------------------------------------
 
@@ -223,10 +251,7 @@ class RedisStore:
         async with self.client, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._check_epoch()
-            # Streams removed in the past were ended by the host that removed them.
-            self._replaying = True
-            await self._apply_tree(block=None)
-            self._replaying = False
+            await self._load_tree()
             nursery.start_soon(self._follow_tree)
             nursery.start_soon(self._send_counts)
             nursery.start_soon(self._watch_epoch)
@@ -277,6 +302,7 @@ class RedisStore:
             await trio.sleep(EPOCH_CHECK_INTERVAL)
             try:
                 await self._check_epoch()
+                await self._check_history()
                 for shard in list(self.shards.values()):
                     await shard.resync(idle_only=True)
             except UNREACHABLE:
@@ -287,13 +313,35 @@ class RedisStore:
         await self.client.set(self.epoch_key, new, condition=coredis.PureToken.NX)
         epoch = (await self.client.get(self.epoch_key)).decode()
         if self.epoch is not None and epoch != self.epoch:
+            log.error("redis at %s lost the namespace %r (restarted empty?): every stream"
+                      " ends", shown(self.settings.url), self.prefix)
             self._reset()
         self.epoch = epoch
 
+    async def _check_history(self) -> None:
+        """Start again from the snapshot if events this host had not applied were trimmed."""
+        trimmed = await self.client.hget(self.snapshot_key, "trimmed")
+        if trimmed is not None and entry_key(self.applied) < entry_key(trimmed.decode()):
+            log.error("namespace %r: this host fell behind the tree's history in Redis;"
+                      " every stream ends here, and the tree is loaded again", self.prefix)
+            self._reset()
+            await self._load_tree()
+
+    async def _load_tree(self) -> None:
+        """The snapshot, if any, then every event after it."""
+        snapshot = await self.client.hmget(self.snapshot_key, ["id", "rows"])
+        if snapshot[0] is not None:
+            self.namespace.restore(json.loads(snapshot[1]))
+            self.applied = snapshot[0].decode()
+        # Streams removed in the past were ended by the host that removed them.
+        self._replaying = True
+        try:
+            await self._apply_tree(block=None)
+        finally:
+            self._replaying = False
+
     def _reset(self) -> None:
-        """Redis lost everything: end every stream and start an empty tree."""
-        log.error("redis at %s lost the namespace %r (restarted empty?): every stream ends",
-                  shown(self.settings.url), self.prefix)
+        """End every stream and empty the tree: Redis lost what this host knew."""
         namespace = self.namespace
         for node in list(namespace.nodes.values()):
             if isinstance(node, StreamFile):
@@ -318,9 +366,21 @@ class RedisStore:
             await commit.done.wait()
         finally:
             del self._commits[token]
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self._since_snapshot = 0
+            await self._write_snapshot()
         if commit.error is not None:
             raise commit.error
         return commit.result
+
+    async def _write_snapshot(self) -> None:
+        """Snapshot the tree as of the event just applied: the history before it can go."""
+        rows, applied = self.namespace.snapshot(), self.applied
+        try:
+            await self._call(self._snapshot, keys=[self.snapshot_key, self.tree_key],
+                             args=[applied, json.dumps(rows, separators=(",", ":"))])
+        except OSError:
+            pass  # logged; the next snapshot trims
 
     async def _follow_tree(self) -> None:
         await self._follow_each(lambda: self._apply_tree(block=0))
@@ -337,7 +397,10 @@ class RedisStore:
                 return
 
     def _apply(self, entry_id: str, event: Event) -> None:
+        if entry_key(entry_id) <= entry_key(self.applied):
+            return  # read by a read begun before a snapshot was loaded
         self.applied = entry_id
+        self._since_snapshot += 1
         ms, _, seq = entry_id.partition("-")
         commit = self._commits.get(event.get("by", ""))
         try:

@@ -145,3 +145,17 @@ async def test_a_block_follower_waits_for_room_and_says_so_first():
         assert stream.waiting_writes == 1
         assert await reader.read(100) == b"x" * 10
     assert await reader.read(100) == b"y" * 10
+
+
+async def test_a_snapshot_rebuilds_the_same_tree_in_an_empty_namespace():
+    a, store = shared_namespace()
+    top = await a.create(Directory, a.root, b"top", 0o750, 3, 4)
+    for i in range(5):
+        await a.create(StreamFile, top, b"s%d" % i, 0o640, 5, 6)
+        top = await a.create(Directory, top, b"d", 0o755, 0, 0)
+    await a.create(StreamFile, a.root, b"\xff latin", 0o600, 0, 0)
+    b = Namespace(StreamSettings(), uid=0, gid=0)
+    b.restore(a.snapshot())
+    assert shape(b) == shape(a)
+    assert [(n.name, n.mtime_ns) for n in b.root.entries.values()] == \
+        [(n.name, n.mtime_ns) for n in a.root.entries.values()]

@@ -36,6 +36,7 @@ def hosts(mount_with, redis_server):
                            f"--ring-buffer-size={RING}", *args, name=f"host{next(numbers)}")
                 for _ in range(n)]
 
+    start.namespace = namespace
     return start
 
 
@@ -363,3 +364,19 @@ def test_a_follower_goes_on_when_redis_loses_entries_it_had_read(hosts, redis_se
     (a / "s").unlink()
     out, _ = reader.communicate(timeout=30)
     assert out == b"kept then more"
+
+
+def test_the_tree_history_is_trimmed_behind_snapshots(hosts, redis_server):
+    from streamfs_fuse.redis_store import SNAPSHOT_EVERY
+    a, b = hosts(2)
+    (a / "d").mkdir()
+    (a / "d" / "s").touch()
+    for i in range(2 * SNAPSHOT_EVERY + 100):
+        os.chmod(a / "d", 0o700 + i % 64)
+    events = int(cli(redis_server.port, "xlen", f"{{{hosts.namespace}}}:tree"))
+    assert events < 2 * SNAPSHOT_EVERY + 100
+    (late,) = hosts(1)  # starts from the snapshot
+    assert os.listdir(late / "d") == ["s"]
+    assert (late / "d").stat().st_mode & 0o777 == 0o700 + (2 * SNAPSHOT_EVERY + 99) % 64
+    (b / "d" / "s").unlink()
+    assert os.listdir(late / "d") == []
