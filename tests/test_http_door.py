@@ -75,7 +75,7 @@ async def test_a_client_that_goes_away_releases_its_reader_at_once():
         await trio.testing.wait_all_tasks_blocked()
         assert len(node.stream.readers) == 1
         await client.aclose()
-    assert node.stream.readers == [] and door.active == 0
+    assert not node.stream.readers and door.active == 0
 
 
 async def test_bad_requests_get_a_status_and_a_json_error():

@@ -489,7 +489,7 @@ async def test_disconnect_policy_cuts_off_only_the_slow_reader():
         await writer.write(b"%04d" % i)
         assert await fast.read(100) == b"%04d" % i
     assert slow.disconnected and slow.pending == 0
-    assert stream.disconnected_readers == 1 and stream.readers == [fast]
+    assert stream.disconnected_readers == 1 and list(stream.readers) == [fast]
     with pytest.raises(ReaderDisconnected):
         await slow.read(100)
 
