@@ -66,6 +66,8 @@ HISTORY_PAGE = 256
 READ_COUNT = 128
 #: How long a removed stream's keys stay, for hosts still draining them.
 REMOVED_EXPIRY = 3600
+#: How long stat waits for a stream's totals before it shows the last it had.
+TOTALS_TIMEOUT = 0.5
 #: Tree events between snapshots of the tree.
 SNAPSHOT_EVERY = 1000
 #: How often a host looks whether Redis restarted empty.
@@ -553,8 +555,15 @@ class RedisLog:
     def count(self, figure: str, delta: int) -> None:
         self.store.count(self.meta, figure, delta)
 
-    async def totals(self) -> SharedTotals:
-        reply = await self.store._call(self.store._totals, keys=[self.key, self.meta])
+    async def totals(self) -> SharedTotals | None:
+        reply = None
+        with trio.move_on_after(TOTALS_TIMEOUT):
+            try:
+                reply = await self.store._totals(keys=[self.key, self.meta])
+            except UNREACHABLE:
+                pass
+        if reply is None:
+            return None  # stat and ls must not wait out an outage
         written, chunks, readers, writers, oldest, entries = (int(v) for v in reply)
         return SharedTotals(written, chunks, readers, writers, written - oldest,
                             entries - self.stream.closed)

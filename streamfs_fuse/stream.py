@@ -122,8 +122,8 @@ class SharedLog(Protocol):
     def count(self, figure: str, delta: int) -> None:
         """Add ``delta`` to the hosts' total of ``figure`` ("readers" or "writers")."""
 
-    async def totals(self) -> SharedTotals:
-        """The stream's figures across every host."""
+    async def totals(self) -> SharedTotals | None:
+        """The stream's figures across every host, or None if the store cannot say now."""
 
 
 class Writer:
@@ -508,7 +508,7 @@ class Stream:
     async def refresh(self) -> None:
         """Fetch a shared stream's totals across hosts, for :meth:`statistics`."""
         if self.log is not None:
-            self.totals = await self.log.totals()
+            self.totals = await self.log.totals() or self.totals
 
     @property
     def size(self) -> int:

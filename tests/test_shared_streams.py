@@ -228,7 +228,9 @@ def test_writes_fail_with_eio_while_redis_is_gone_and_readers_wait(hosts, redis_
     wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
     fd = os.open(a / "s", os.O_WRONLY)
     os.write(fd, b"before\n")
+    wait_until(lambda: (a / "s").stat().st_size == 7, what="the size")
     redis_server.stop()
+    assert (a / "s").stat().st_size == 7  # the last totals, not EIO
     started = time.monotonic()
     with pytest.raises(OSError) as raised:
         os.write(fd, b"during\n")
