@@ -394,19 +394,27 @@ class RedisStore:
                                             block=block)
             entries = reply[self.tree_key.encode()] if reply else ()
             for entry in entries:
-                self._apply(entry.identifier.decode(), json.loads(entry.field_values[b"e"]))
+                self._apply(entry.identifier.decode(), entry.field_values)
             if block is not None or len(entries) < 1000:
                 return
 
-    def _apply(self, entry_id: str, event: Event) -> None:
+    def _apply(self, entry_id: str, fields: dict) -> None:
         if entry_key(entry_id) <= entry_key(self.applied):
             return  # read by a read begun before a snapshot was loaded
         self.applied = entry_id
         self._since_snapshot += 1
         ms, _, seq = entry_id.partition("-")
-        commit = self._commits.get(event.get("by", ""))
+        try:
+            event = json.loads(fields[b"e"])
+            commit = self._commits.get(event.get("by", ""))
+        except (KeyError, ValueError, AttributeError):
+            log.warning("tree event %s is not one this version understands: ignored", entry_id)
+            return
         try:
             result = self.namespace.apply(event, inode=int(ms) << SEQUENCE_BITS | int(seq))
+        except (KeyError, TypeError, ValueError):
+            log.warning("tree event %s is not one this version understands: ignored", entry_id)
+            result = None
         except OSError as e:
             if commit is None:
                 log.debug("tree event %s refused here too: %s", entry_id, e)
@@ -534,10 +542,10 @@ class RedisLog:
 
     def deliver_now(self, entry_id: str, fields: dict) -> None:
         data = fields.get(b"d")
-        if data is None:
-            self.stream.close()  # the end: readers drain, then get EOF
-        else:
+        if data is not None:
             self.stream.deliver(data, offset_of(entry_id))
+        elif b"end" in fields:
+            self.stream.close()  # readers drain, then get EOF
 
     def unfollow(self) -> None:
         if self.last is None:
@@ -566,7 +574,7 @@ class RedisLog:
             return None  # stat and ls must not wait out an outage
         written, chunks, readers, writers, oldest, entries = (int(v) for v in reply)
         return SharedTotals(written, chunks, readers, writers, written - oldest,
-                            entries - self.stream.closed)
+                            entries - self.stream.removed)
 
 
 class Shard:
@@ -667,7 +675,7 @@ class Shard:
                 entry_id = entry.identifier.decode()
                 data = entry.field_values.get(b"d")
                 if data is None:
-                    log_.stream.close()
+                    log_.deliver_now(entry_id, entry.field_values)
                 else:
                     await log_.stream.accept(data, waiter, offset_of(entry_id))
                 log_.last = entry_id

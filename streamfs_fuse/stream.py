@@ -194,6 +194,9 @@ class Stream:
         #: No more writes; and no more chunks for readers, who get EOF once drained.
         self.closed = False
         self.ended = False
+        #: A shared stream was removed: no more writes here, while its readers
+        #: go on to the end of the log (then it is closed).
+        self.removed = False
         #: Set when the stream spans hosts (see :class:`SharedLog`).
         self.log: SharedLog | None = None
         self.totals: SharedTotals | None = None
@@ -223,8 +226,8 @@ class Stream:
 
     def writable(self) -> bool:
         """Whether a write would be answered at once (or fail at once, once closed)."""
-        if self.closed or self.policy is not SlowReaderPolicy.BLOCK:
-            return True
+        if self.closed or self.log is not None or self.policy is not SlowReaderPolicy.BLOCK:
+            return True  # a shared stream's writes wait for no reader
         return not self._write_queue and all(
             r.lossy or r.backlog < r.capacity for r in self.readers)
 
@@ -295,7 +298,7 @@ class Stream:
         queued may always write, so a stalled reader on one stream never
         freezes the writers of another.
         """
-        if self.closed:
+        if self.closed or self.removed:
             raise StreamClosed(self.name)
         if not data:
             return 0
@@ -481,10 +484,10 @@ class Stream:
         """
         if self.log is None:
             self.close()
-            return
-        if not self.closed:
+        elif not self.removed and not self.closed:
+            self.removed = True
             self.log.end()
-        self._stop_writes()
+            self.notify_writable()
 
     def close(self) -> None:
         """End the stream here: readers drain what is queued, then get EOF; waiting writers fail."""

@@ -382,3 +382,30 @@ def test_the_tree_history_is_trimmed_behind_snapshots(hosts, redis_server):
     assert (late / "d").stat().st_mode & 0o777 == 0o700 + (2 * SNAPSHOT_EVERY + 99) % 64
     (b / "d" / "s").unlink()
     assert os.listdir(late / "d") == []
+
+
+def test_foreign_entries_in_redis_are_ignored(hosts, redis_server):
+    a, b = hosts(2)
+    tree = f"{{{hosts.namespace}}}:tree"
+    for fields in (["e", "not json"], ["x", "1"], ["e", '{"op": "create"}'],
+                   ["e", '{"op": "explode", "parent": 1, "name": "x", "time": 0}']):
+        assert cli(redis_server.port, "xadd", tree, "*", *fields)
+    (a / "d").mkdir()
+    assert os.listdir(b.path) == ["d"] and a.daemon.poll() is None and b.daemon.poll() is None
+
+
+def test_rm_while_a_block_reader_is_full_still_drains_it_to_the_end(hosts):
+    a, b = hosts(2, "--slow-reader=block", "--channel-buffer-size=64KB")
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader.send_signal(signal.SIGSTOP)
+    payload = os.urandom(2 << 20)
+    with open(a / "s", "wb", buffering=0) as f:
+        for i in range(0, len(payload), 65536):
+            f.write(payload[i:i + 65536])
+    wait_until(lambda: xattr(b / "s", "queued_bytes") >= 64 << 10, what="B's reader to fill")
+    (a / "s").unlink()
+    reader.send_signal(signal.SIGCONT)
+    out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0 and out == payload
