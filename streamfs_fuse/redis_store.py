@@ -16,9 +16,11 @@ Keys, for namespace P (a hash tag keeps what one script touches in one slot):
 - ``{P}:epoch``: set when the namespace is first used. Another value after a
   reconnect means Redis lost its data: every stream ends, logged once.
 - ``{P:S}:N`` and ``{P:S}:N:meta``: stream N's chunks and totals. A chunk's
-  entry ID is ``OFFSET-1``, OFFSET being the stream offset of its first byte,
-  so one script appends, counts and trims by MINID to exactly the newest
-  ``ring_buffer_size`` bytes. The end of a removed stream is ``TOTAL-2``.
+  entry ID is ``OFFSET-1``, OFFSET being the stream offset of its first byte:
+  one XADD appends where the writer expects the log to end (Redis refuses it
+  if another host got there first) and trims by MINID to exactly the newest
+  ``ring_buffer_size`` bytes. The end of a removed stream is ``TOTAL-2``,
+  above any later append. The totals in ``meta`` are added a batch at a time.
   S = shard_of(N) spreads streams over the slots of a cluster, and one
   XREAD can wait on every followed stream of a shard.
 
@@ -62,8 +64,9 @@ SHARDS = 16
 SEQUENCE_BITS = 20
 #: Entries per XRANGE page when a host loads a stream's history.
 HISTORY_PAGE = 256
-#: Entries per XREAD: enough to amortise a round trip, few enough to share.
-READ_COUNT = 128
+#: Entries per XREAD. Measured with 1 MiB entries: coredis reads 256 MB/s
+#: 16 at a time, 183 MB/s 128 at a time (large replies cost it more to parse).
+READ_COUNT = 16
 #: How long a removed stream's keys stay, for hosts still draining them.
 REMOVED_EXPIRY = 3600
 #: How long stat waits for a stream's totals before it shows the last it had.
@@ -79,28 +82,16 @@ RECONNECT_DELAY = 0.2
 UNREACHABLE = (coredis.exceptions.ConnectionError, coredis.exceptions.ClusterDownError,
                coredis.exceptions.BusyLoadingError, TimeoutError, OSError)
 
-# Append one chunk, count it, and trim the log to the ring, in one step.
-APPEND = """
-if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then
-  return redis.error_reply('STREAMFS_CLOSED')
-end
-local size = string.len(ARGV[1])
-local total = redis.call('HINCRBY', KEYS[2], 'bytes', size)
-local offset = total - size
-redis.call('XADD', KEYS[1], string.format('%d-1', offset), 'd', ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'chunks', 1)
-local oldest = total - tonumber(ARGV[2])
-if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', oldest))
-end
-return total
-"""
-
-# End a removed stream after what it holds; later appends fail.
+# End a removed stream after what it holds: its end is an entry that every
+# later append's ID is smaller than, so they fail.
 END = """
-if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
-redis.call('HSET', KEYS[2], 'closed', 1)
-local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local total = 0
+if newest then
+  local offset = tonumber(string.match(newest[1], '^(%d+)'))
+  if newest[2][1] ~= 'd' then return 0 end
+  total = offset + string.len(newest[2][2])
+end
 redis.call('XADD', KEYS[1], string.format('%d-2', total), 'end', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
@@ -238,7 +229,6 @@ class RedisStore:
         self._counts_due = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._replaying = False
-        self._append = self.client.register_script(APPEND)
         self._end = self.client.register_script(END)
         self._totals = self.client.register_script(TOTALS)
         self._snapshot = self.client.register_script(SNAPSHOT)
@@ -490,18 +480,53 @@ class RedisLog:
         self.last: str | None = None
         #: :attr:`last` when :meth:`Shard.resync` last looked.
         self.last_seen: str | None = None
+        #: Where this host's next append goes, as far as it knows.
+        self.end_offset: int | None = None
         self._loading: trio.Event | None = None
         # Entries that came while local readers had no room (block policy).
         self.paused = False
 
     async def append(self, data: bytes) -> None:
-        try:
-            await self.store._call(self.store._append, keys=[self.key, self.meta],
-                                   args=[data, self.stream.settings.ring_buffer_size])
-        except coredis.exceptions.ResponseError as e:
-            if "STREAMFS_CLOSED" in str(e):
-                raise StreamClosed(self.stream.name) from None
-            raise
+        """One XADD whose ID is the offset this host expects the log to end at.
+
+        Redis refuses an ID not above the log's newest, so the XADD fails when
+        another host appended first or the stream was ended: then the log's
+        end is read and it is tried again. No script: passing a 1 MiB
+        argument through Lua costs Redis 1.5 ms more than XADD alone (measured).
+        """
+        store = self.store
+        while True:
+            if self.end_offset is None:
+                self.end_offset = await self._log_end()
+            offset = self.end_offset
+            # Trim to the ring, but never the chunk just written: the log's
+            # newest entry is how a host finds where the log ends.
+            oldest = min(offset, offset + len(data) - self.stream.settings.ring_buffer_size)
+            try:
+                await store._call(store.client.xadd, self.key, {"d": data},
+                                  identifier=f"{offset}-1", trim_strategy=coredis.PureToken.MINID,
+                                  threshold=f"{max(oldest, 0)}-0",
+                                  trim_operator=coredis.PureToken.EQUAL)
+            except coredis.exceptions.ResponseError as e:
+                if "equal or smaller" not in str(e):
+                    raise
+                self.end_offset = None
+                continue
+            self.end_offset = offset + len(data)
+            store.count(self.meta, "bytes", len(data))
+            store.count(self.meta, "chunks", 1)
+            return
+
+    async def _log_end(self) -> int:
+        """The offset after the log's newest chunk; StreamClosed if it has ended."""
+        newest = await self.store._call(self.store.client.xrevrange, self.key, "+", "-",
+                                        count=1)
+        if not newest:
+            return 0
+        data = newest[0].field_values.get(b"d")
+        if data is None:
+            raise StreamClosed(self.stream.name)
+        return offset_of(newest[0].identifier.decode()) + len(data)
 
     async def follow(self) -> None:
         if self.last is not None:
@@ -573,7 +598,10 @@ class RedisLog:
         if reply is None:
             return None  # stat and ls must not wait out an outage
         written, chunks, readers, writers, oldest, entries = (int(v) for v in reply)
-        return SharedTotals(written, chunks, readers, writers, written - oldest,
+        # The totals are added up a batch at a time: never show less than
+        # this host has written or read.
+        written = max(written, self.end_offset or 0, self.stream.bytes_written)
+        return SharedTotals(written, chunks, readers, writers, max(0, written - oldest),
                             entries - self.stream.removed)
 
 

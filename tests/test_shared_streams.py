@@ -185,8 +185,11 @@ def test_size_and_figures_are_totals_across_hosts(hosts):
         f.write(b"x" * 1000)
     with open(c / "s", "wb", buffering=0) as f:
         f.write(b"y" * 500)
-    assert (b / "s").stat().st_size == 1500 and (a / "s").stat().st_size == 1500
-    assert xattr(c / "s", "chunks_written") == 2
+    # A host knows at once what it wrote or read; the totals follow a batch later.
+    assert (c / "s").stat().st_size == 1500  # the offset its own write went to
+    wait_until(lambda: (b / "s").stat().st_size == 1500, what="B's reader to get it all")
+    wait_until(lambda: (a / "s").stat().st_size == 1500 and xattr(a / "s", "chunks_written") == 2,
+               what="the totals on A")
     wait_until(lambda: xattr(a / "s", "readers") == 1, what="the total of readers")
     assert xattr(a / "s", "local_readers") == 0 and xattr(b / "s", "local_readers") == 1
     reader.kill()
