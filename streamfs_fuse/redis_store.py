@@ -224,7 +224,7 @@ class RedisStore:
         # Commits of this host waiting for their event to be applied, by token.
         self._commits: dict[str, Commit] = {}
         self.shards: dict[int, Shard] = {}
-        # Reader and writer counts not yet added to Redis, by (meta key, figure).
+        # Counts (readers, writers, bytes, chunks) not yet added to Redis, by (meta key, figure).
         self._counts: dict[tuple[str, str], int] = {}
         self._counts_due = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -436,17 +436,25 @@ class RedisStore:
         self._counts_due.set()
 
     async def _send_counts(self) -> None:
-        """Add this host's reader and writer counts to the totals, a batch at a time."""
+        """Add this host's counts to the totals, a batch at a time.
+
+        The batch's commands are sent together: coredis pipelines concurrent
+        requests, so a batch costs one round trip.
+        """
         while True:
             await self._counts_due.wait()
             self._counts_due = trio.Event()
             counts, self._counts = self._counts, {}
-            for (meta, figure), delta in counts.items():
-                if delta:
-                    try:
-                        await self._call(self.client.hincrby, meta, figure, delta)
-                    except OSError:
-                        pass  # logged; the figure is off by what this host had
+            async with trio.open_nursery() as nursery:
+                for (meta, figure), delta in counts.items():
+                    if delta:
+                        nursery.start_soon(self._add, meta, figure, delta)
+
+    async def _add(self, meta: str, figure: str, delta: int) -> None:
+        try:
+            await self._call(self.client.hincrby, meta, figure, delta)
+        except OSError:
+            pass  # logged; the figure is off by what this host had
 
     async def end(self, log_: RedisLog) -> None:
         try:
