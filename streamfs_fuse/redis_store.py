@@ -69,6 +69,8 @@ HISTORY_PAGE = 256
 READ_COUNT = 16
 #: How long a removed stream's keys stay, for hosts still draining them.
 REMOVED_EXPIRY = 3600
+#: Counts (bytes, chunks, readers, writers) go to Redis at most this often.
+COUNTS_INTERVAL = 0.05
 #: How long stat waits for a stream's totals before it shows the last it had.
 TOTALS_TIMEOUT = 0.5
 #: Tree events between snapshots of the tree.
@@ -449,6 +451,9 @@ class RedisStore:
                 for (meta, figure), delta in counts.items():
                     if delta:
                         nursery.start_soon(self._add, meta, figure, delta)
+            # Counts that come meanwhile wait for the next batch, so that a
+            # writer of small chunks does not add a command per write.
+            await trio.sleep(COUNTS_INTERVAL)
 
     async def _add(self, meta: str, figure: str, delta: int) -> None:
         try:
