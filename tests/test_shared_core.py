@@ -67,6 +67,14 @@ def shared_namespace():
     return namespace, store
 
 
+async def shared_stream():
+    """A shared stream "/s" with a reader and a writer: (namespace, stream, log, reader, writer)."""
+    namespace, _ = shared_namespace()
+    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    stream = node.stream
+    return namespace, stream, stream.log, await stream.join(), stream.open_writer()
+
+
 def shape(namespace):
     """Every node as (path, inode, mode, uid, gid), the way a host would see it."""
     return sorted((namespace.path(node), node.inode, node.mode, node.uid, node.gid)
@@ -96,11 +104,7 @@ async def test_the_same_events_give_every_host_the_same_tree_and_the_same_errors
 
 
 async def test_a_shared_stream_writes_to_its_log_and_readers_get_what_comes_back():
-    namespace, _ = shared_namespace()
-    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
-    stream, log = node.stream, node.stream.log
-    reader = await stream.join()
-    writer = stream.open_writer()
+    _, stream, log, reader, writer = await shared_stream()
     assert log.follows == 1 and log.counts == {"readers": 1, "writers": 1}
     assert await writer.write(b"hello") == 5
     assert log.appended == [b"hello"] and reader.pending == 0  # only the log's order counts
@@ -115,11 +119,7 @@ async def test_a_shared_stream_writes_to_its_log_and_readers_get_what_comes_back
 
 
 async def test_removing_a_shared_stream_ends_the_log_and_readers_only_at_its_end():
-    namespace, _ = shared_namespace()
-    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
-    stream, log = node.stream, node.stream.log
-    reader = await stream.join()
-    writer = stream.open_writer()
+    namespace, stream, log, reader, writer = await shared_stream()
     await namespace.unlink(namespace.root, b"s")
     assert log.ended and stream.removed and not stream.ended
     with pytest.raises(StreamClosed):
