@@ -230,6 +230,8 @@ async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
             # /dev/fuse says ECONNABORTED once a lazy unmount lets the
             # connection go: the session is over, which is what we wanted.
             pass
+        if store is not None:
+            await store.withdraw()
         nursery.cancel_scope.cancel()
 
 

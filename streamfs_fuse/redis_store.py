@@ -71,6 +71,10 @@ READ_COUNT = 16
 REMOVED_EXPIRY = 3600
 #: Counts (bytes, chunks, readers, writers) go to Redis at most this often.
 COUNTS_INTERVAL = 0.05
+#: Figures that count what is open now, which a host takes back when it leaves.
+LIVE_FIGURES = ("readers", "writers")
+#: How long a leaving host tries to take its figures back.
+WITHDRAW_TIMEOUT = 2.0
 #: How long stat waits for a stream's totals before it shows the last it had.
 TOTALS_TIMEOUT = 0.5
 #: Tree events between snapshots of the tree.
@@ -229,6 +233,8 @@ class RedisStore:
         # Counts (readers, writers, bytes, chunks) not yet added to Redis, by (meta key, figure).
         self._counts: dict[tuple[str, str], int] = {}
         self._counts_due = trio.Event()
+        # What this host has added to the live figures (readers, writers), by key.
+        self._added: dict[tuple[str, str], int] = {}
         self._nursery: trio.Nursery | None = None
         self._replaying = False
         self._end = self.client.register_script(END)
@@ -459,7 +465,34 @@ class RedisStore:
         try:
             await self._call(self.client.hincrby, meta, figure, delta)
         except OSError:
-            pass  # logged; the figure is off by what this host had
+            return  # logged; the figure is off by what this host had
+        if figure in LIVE_FIGURES:
+            key = (meta, figure)
+            self._added[key] = self._added.get(key, 0) + delta
+
+    async def withdraw(self) -> None:
+        """Leaving: take this host's readers and writers out of the totals.
+
+        Called before the store is cancelled, while the client still works;
+        the byte and chunk counts not sent yet go too.
+        """
+        pending, self._counts = self._counts, {}
+        final = {key: delta for key, delta in pending.items() if key[1] not in LIVE_FIGURES}
+        for key, added in self._added.items():
+            final[key] = -added
+        self._added = {}
+        with trio.move_on_after(WITHDRAW_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for (meta, figure), delta in final.items():
+                    if delta:
+                        nursery.start_soon(self._take_back, meta, figure, delta)
+
+    async def _take_back(self, meta: str, figure: str, delta: int) -> None:
+        try:
+            await self.client.hincrby(meta, figure, delta)
+        except UNREACHABLE as e:
+            log.warning("could not take this host's %s out of %s: %s", figure, meta,
+                        describe(e))
 
     async def end(self, log_: RedisLog) -> None:
         try:

@@ -6,6 +6,7 @@ Redis, which the test setup starts on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -412,3 +413,20 @@ def test_rm_while_a_block_reader_is_full_still_drains_it_to_the_end(hosts):
     reader.send_signal(signal.SIGCONT)
     out, _ = reader.communicate(timeout=30)
     assert reader.returncode == 0 and out == payload
+
+
+def test_a_host_that_leaves_takes_its_readers_and_writers_out_of_the_totals(hosts):
+    a, b = hosts(2)
+    (a / "s").touch()
+    reader = b.spawn(["cat", str(b / "s")])
+    writer = os.open(b / "s", os.O_WRONLY)
+    try:
+        wait_until(lambda: (xattr(a / "s", "readers"), xattr(a / "s", "writers")) == (1, 1),
+                   what="B's reader and writer in the totals")
+        assert b.stop() == 0  # SIGTERM: the reader gets EOF, the writer's file stays open
+        wait_until(lambda: (xattr(a / "s", "readers"), xattr(a / "s", "writers")) == (0, 0),
+                   what="B's figures taken back")
+        assert reader.wait(10) == 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(writer)
