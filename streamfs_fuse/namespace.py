@@ -193,7 +193,12 @@ class Namespace:
     async def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, atime_ns: int | None = None,
                       mtime_ns: int | None = None) -> None:
-        """chmod, chown and touch; the file type bits of ``mode`` are kept."""
+        """chmod, chown and touch; the file type bits of ``mode`` are kept.
+
+        Nothing to set (a truncate, which a stream ignores) changes nothing.
+        """
+        if all(value is None for value in (mode, uid, gid, atime_ns, mtime_ns)):
+            return
         await self._commit({"op": "setattr", "node": node.inode, "mode": mode, "uid": uid,
                             "gid": gid, "atime": atime_ns, "mtime": mtime_ns})
 
@@ -386,6 +391,11 @@ class Namespace:
                 if isinstance(node, Directory):
                     pending.append(node)
         return rows
+
+    def clear(self) -> None:
+        """Remove everything here, as rm -r of each top name, without an event."""
+        for name in list(self.root.entries):
+            self._remove_tree(self.root, name)
 
     def restore(self, rows: list[list]) -> None:
         """Rebuild an empty tree from :meth:`snapshot` rows, with their inode numbers."""

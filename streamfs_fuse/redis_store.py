@@ -49,7 +49,7 @@ import coredis.retry
 import trio
 
 from .config import BackendSettings
-from .namespace import ROOT_INODE, Event, Namespace, Node, StreamFile, fail
+from .namespace import Event, Namespace, Node, StreamFile, fail
 from .stream import SharedTotals, Stream, StreamClosed
 from .wait import Waiter
 
@@ -346,9 +346,7 @@ class RedisStore:
         for node in list(namespace.nodes.values()):
             if isinstance(node, StreamFile):
                 node.stream.close()
-        for name in list(namespace.root.entries):
-            namespace.apply({"op": "remove_tree", "parent": ROOT_INODE,
-                             "name": name.decode("latin-1"), "time": 0})
+        namespace.clear()
         self.applied = "0-0"
         for shard in self.shards.values():
             shard.logs.clear()

@@ -193,7 +193,6 @@ class Stream:
         self.waiting_writes = 0
         #: No more writes; and no more chunks for readers, who get EOF once drained.
         self.closed = False
-        self.ended = False
         #: A shared stream was removed: no more writes here, while its readers
         #: go on to the end of the log (then it is closed).
         self.removed = False
@@ -255,7 +254,7 @@ class Stream:
         self.budget.readers.add(reader)
         for chunk in self.ring.history():
             reader.seed(chunk)
-        if self.ended:
+        if self.closed:
             reader.end()
         else:
             self.readers[reader] = None
@@ -491,22 +490,18 @@ class Stream:
 
     def close(self) -> None:
         """End the stream here: readers drain what is queued, then get EOF; waiting writers fail."""
-        self._stop_writes()
-        self.ended = True
-        for reader in self.readers:
-            reader.end()
-        self.readers.clear()
-        self.log_drops()
-
-    def _stop_writes(self) -> None:
         if self.closed:
             return
         self.closed = True
+        for reader in self.readers:
+            reader.end()
+        self.readers.clear()
         # The ring stays readable (by seeking) for handles still open; it goes
         # with the stream once the last of them is closed.
         self._turn.unpark_all()
         self.cap_waiters.unpark_all()
         self.notify_writable()
+        self.log_drops()
 
     async def refresh(self) -> None:
         """Fetch a shared stream's totals across hosts, for :meth:`statistics`."""

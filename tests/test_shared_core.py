@@ -121,7 +121,7 @@ async def test_a_shared_stream_writes_to_its_log_and_readers_get_what_comes_back
 async def test_removing_a_shared_stream_ends_the_log_and_readers_only_at_its_end():
     namespace, stream, log, reader, writer = await shared_stream()
     await namespace.unlink(namespace.root, b"s")
-    assert log.ended and stream.removed and not stream.ended
+    assert log.ended and stream.removed and not stream.closed
     with pytest.raises(StreamClosed):
         await writer.write(b"late")
     # Chunks written on other hosts before the end still arrive, then EOF.

@@ -45,6 +45,13 @@ def local_readers(path) -> int:
     return xattr(path, "local_readers")
 
 
+def cat(host, name: str):
+    """``cat HOST/NAME``, once the host has registered it as the stream's only reader."""
+    reader = host.spawn(["cat", str(host / name)])
+    wait_until(lambda: local_readers(host / name) == 1, what=f"the reader of {name}")
+    return reader
+
+
 def test_the_tree_is_the_same_on_every_host(hosts):
     a, b, c = hosts(3)
     (a / "cams").mkdir()
@@ -180,8 +187,7 @@ def test_rm_on_one_host_drains_then_ends_readers_and_writers_everywhere(hosts):
 def test_size_and_figures_are_totals_across_hosts(hosts):
     a, b, c = hosts(3)
     (a / "s").touch()
-    reader = b.spawn(["cat", str(b / "s")])
-    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader = cat(b, "s")
     with open(a / "s", "wb", buffering=0) as f:
         f.write(b"x" * 1000)
     with open(c / "s", "wb", buffering=0) as f:
@@ -212,8 +218,7 @@ def test_redis_unreachable_at_mount_time_is_a_one_line_error(tmp_path):
 def test_lost_connections_resume_from_the_last_entry(hosts, redis_server):
     a, b = hosts(2)
     (a / "s").touch()
-    reader = b.spawn(["cat", str(b / "s")])
-    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader = cat(b, "s")
     with open(a / "s", "wb", buffering=0) as f:
         for round_ in range(5):
             for n in range(100):
@@ -228,8 +233,7 @@ def test_lost_connections_resume_from_the_last_entry(hosts, redis_server):
 def test_writes_fail_with_eio_while_redis_is_gone_and_readers_wait(hosts, redis_server):
     a, b = hosts(2, "--backend-timeout=1")
     (a / "s").touch()
-    reader = b.spawn(["cat", str(b / "s")])
-    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader = cat(b, "s")
     fd = os.open(a / "s", os.O_WRONLY)
     os.write(fd, b"before\n")
     wait_until(lambda: (a / "s").stat().st_size == 7, what="the size")
@@ -356,8 +360,7 @@ def test_a_follower_goes_on_when_redis_loses_entries_it_had_read(hosts, redis_se
     """As after a failover to a replica that had not got the newest entries."""
     a, b = hosts(2)
     (a / "s").touch()
-    reader = b.spawn(["cat", str(b / "s")])
-    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader = cat(b, "s")
     with open(a / "s", "wb", buffering=0) as f:
         f.write(b"kept ")
         wait_until(lambda: xattr(b / "s", "local_ring_bytes") == 5, what="B to read it")
@@ -401,8 +404,7 @@ def test_foreign_entries_in_redis_are_ignored(hosts, redis_server):
 def test_rm_while_a_block_reader_is_full_still_drains_it_to_the_end(hosts):
     a, b = hosts(2, "--slow-reader=block", "--channel-buffer-size=64KB")
     (a / "s").touch()
-    reader = b.spawn(["cat", str(b / "s")])
-    wait_until(lambda: local_readers(b / "s") == 1, what="the reader")
+    reader = cat(b, "s")
     reader.send_signal(signal.SIGSTOP)
     payload = os.urandom(2 << 20)
     with open(a / "s", "wb", buffering=0) as f:
