@@ -17,7 +17,7 @@ def test_quick_benchmark_runs_every_workload(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads((tmp_path / "results.json").read_text())
     expected = {"throughput_1 MiB", "throughput_1 MiB_pipe", "throughput_128 KiB",
-                "throughput_128 KiB_pipe", "fanout_4", "fanout_4_tee", "latency_pipe_1",
+                "throughput_128 KiB_pipe", "fanout_4", "fanout_4_tee", "latency_1_pipe",
                 "latency_1", "memory_idle_readers", "flood_no_stalled", "flood_stalled",
                 "idle_cpu", "drop_policy", "http_1", "http_4", "http_latency_16"}
     assert expected <= set(document["results"])
