@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from .config import BackendSettings, MountConfig
+from . import fuse_intake
 from .fs import StreamFS
 from .agfs import AGFSDoor
 from .http import HTTPDoor, HTTPSettings
@@ -224,6 +225,7 @@ async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
         nursery.start_soon(fs.signals.run)
         if door is not None:
             await nursery.start(door.serve)
+        fuse_intake.install()
         try:
             await pyfuse3.main(min_tasks=MIN_IDLE_WORKERS, max_tasks=MAX_WORKERS)
         except* ConnectionAbortedError:
