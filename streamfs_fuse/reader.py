@@ -15,13 +15,23 @@ from .wait import Waiter
 if TYPE_CHECKING:
     from .stream import Stream
 
-__all__ = ["Reader", "ReaderDisconnected"]
+__all__ = ["Reader", "ReaderDisconnected", "ReaderTotals"]
 
 log = logging.getLogger(__name__)
 
 
 class ReaderDisconnected(Exception):
     """The reader fell further behind than its buffer allows and was cut off."""
+
+
+class ReaderTotals:
+    """Queued bytes and waiting reads, added up over a group of readers."""
+
+    __slots__ = ("queued_bytes", "waiting_reads")
+
+    def __init__(self, queued_bytes: int = 0, waiting_reads: int = 0) -> None:
+        self.queued_bytes = queued_bytes
+        self.waiting_reads = waiting_reads
 
 
 class Reader:
@@ -44,6 +54,10 @@ class Reader:
     - A chunk is taken off the queue whole: a read, a drop or a cancellation
       never leaves part of a chunk behind for the next read to miss.
 
+    - ``totals`` adds up ``pending`` and ``waiting`` over the stream's
+      registered readers (a private one once the reader left the stream), so
+      the stream's figures cost the same with one reader or 100,000.
+
     Closing the channel is how the stream says "no more": read() then returns
     what is still queued and after that ``b""`` (EOF).
     """
@@ -65,6 +79,7 @@ class Reader:
         self.ended = False
         #: Reads of this reader waiting for data right now.
         self.waiting = 0
+        self.totals = ReaderTotals()
         self._history = 0
         # Infinite in items: the bound is in bytes and kept by has_room().
         self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
@@ -120,6 +135,7 @@ class Reader:
         chunk.refs += 1
         self._send.send_nowait(chunk)
         self.pending += len(chunk.data)
+        self.totals.queued_bytes += len(chunk.data)
         # _readable_now(), inlined: this runs per chunk per reader.
         if self._arrival:
             self._arrival.unpark_all()
@@ -155,7 +171,7 @@ class Reader:
         except (trio.WouldBlock, trio.EndOfChannel):
             return 0
         size = len(chunk.data)
-        self.pending -= size
+        self._took(size)
         self._done(chunk)
         return size
 
@@ -182,7 +198,7 @@ class Reader:
             self._start(first)
             skip = max(0, offset - first.offset)
             self._offset = skip
-            self.pending -= skip
+            self._took(skip)
 
     # -- the reading side -------------------------------------------------
 
@@ -210,7 +226,7 @@ class Reader:
                 return b""
             data = chunk.data
             if len(data) <= size:
-                self.pending -= len(data)
+                self._took(len(data))
                 self._done(chunk)
                 return self._join_queued(data, size)
             self._start(chunk)
@@ -218,6 +234,7 @@ class Reader:
 
     async def _wait_for_chunk(self) -> Chunk:
         self.waiting += 1
+        self.totals.waiting_reads += 1
         try:
             while True:
                 await self.waiter.park(self._arrival)
@@ -227,6 +244,7 @@ class Reader:
                     continue
         finally:
             self.waiting -= 1
+            self.totals.waiting_reads -= 1
 
     def _join_queued(self, first: bytes, size: int) -> bytes:
         """``first`` and as much more as is queued, up to ``size`` bytes in all."""
@@ -242,11 +260,15 @@ class Reader:
                 self._start(chunk)
                 pieces.append(self._take_current(room))
                 break
-            self.pending -= len(data)
+            self._took(len(data))
             self._done(chunk)
             pieces.append(data)
             room -= len(data)
         return first if len(pieces) == 1 else b"".join(pieces)
+
+    def _took(self, size: int) -> None:
+        self.pending -= size
+        self.totals.queued_bytes -= size
 
     def _start(self, chunk: Chunk) -> None:
         self._current = chunk
@@ -258,7 +280,7 @@ class Reader:
         start = self._offset
         piece = self._view[start:start + size]
         self._offset = start + len(piece)
-        self.pending -= len(piece)
+        self._took(len(piece))
         if self._offset == len(self._view):
             chunk = self._current
             self._current = self._view = None
@@ -290,7 +312,7 @@ class Reader:
 
     def _discard_queue(self) -> None:
         if self._current is not None:
-            self.pending -= len(self._view) - self._offset
+            self._took(len(self._view) - self._offset)
             chunk = self._current
             self._current = self._view = None
             self._done(chunk)

@@ -14,7 +14,7 @@ import trio
 
 from .budget import MemoryBudget
 from .chunk import Chunk, footprint_of
-from .reader import Reader
+from .reader import Reader, ReaderTotals
 from .ring import RingBuffer
 from .wait import Waiter
 
@@ -183,6 +183,7 @@ class Stream:
         #: Open readers, in the order they opened (a dict: 100,000 readers
         #: released one by one must not cost a list search each).
         self.readers: dict[Reader, None] = {}
+        self.reader_totals = ReaderTotals()
         self.writers = 0
         self.bytes_written = 0
         self.chunks_written = 0
@@ -252,6 +253,8 @@ class Stream:
         reader = Reader(self, next(self._reader_ids), self.settings.channel_buffer_size,
                         waiter or Waiter(), lossy)
         self.budget.readers.add(reader)
+        if not self.closed:
+            reader.totals = self.reader_totals
         for chunk in self.ring.history():
             reader.seed(chunk)
         if self.closed:
@@ -271,7 +274,8 @@ class Stream:
     def release_reader(self, reader: Reader) -> None:
         reader.close()
         self.budget.readers.discard(reader)
-        self.readers.pop(reader, None)
+        if self.readers.pop(reader, False) is None:
+            self._leave(reader)
         if self.log is not None:
             self.log.count("readers", -1)
             if not self.readers:
@@ -472,6 +476,14 @@ class Stream:
         reader.disconnect()
         if self.readers.pop(reader, False) is None:
             self.disconnected_readers += 1
+            self._leave(reader)
+
+    def _leave(self, reader: Reader) -> None:
+        """``reader`` is no longer registered: its figures leave the stream's totals."""
+        totals = self.reader_totals
+        totals.queued_bytes -= reader.pending
+        totals.waiting_reads -= reader.waiting
+        reader.totals = ReaderTotals(reader.pending, reader.waiting)
 
     # -- the end -------------------------------------------------------------
 
@@ -495,6 +507,7 @@ class Stream:
         self.closed = True
         for reader in self.readers:
             reader.end()
+            self._leave(reader)
         self.readers.clear()
         # The ring stays readable (by seeking) for handles still open; it goes
         # with the stream once the last of them is closed.
@@ -532,12 +545,12 @@ class Stream:
             local_readers=len(self.readers),
             local_writers=self.writers,
             local_ring_bytes=self.ring.nbytes,
-            queued_bytes=sum(reader.pending for reader in self.readers),
+            queued_bytes=self.reader_totals.queued_bytes,
             held_bytes=self.held,
             dropped_chunks=self.dropped_chunks,
             dropped_bytes=self.dropped_bytes,
             disconnected_readers=self.disconnected_readers,
-            waiting_reads=sum(reader.waiting for reader in self.readers),
+            waiting_reads=self.reader_totals.waiting_reads,
             waiting_writes=self.waiting_writes,
             channel_buffer_size=self.settings.channel_buffer_size,
             ring_buffer_size=self.settings.ring_buffer_size,

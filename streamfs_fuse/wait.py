@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import trio
 
-__all__ = ["Interrupted", "Waiter"]
+__all__ = ["Interrupted", "WaitGroup", "Waiter"]
 
 
 class Interrupted(Exception):
     """A wait was ended by :meth:`Waiter.interrupt`; nothing was read or written."""
+
+
+class WaitGroup:
+    """Counts the parked operations of several waiters together (the handles of
+    one process), so that whether any of them waits is one look, however many
+    handles there are."""
+
+    __slots__ = ("parked",)
+
+    def __init__(self) -> None:
+        self.parked = 0
 
 
 class Waiter:
@@ -24,11 +35,13 @@ class Waiter:
     before the interrupted ones have woken, is not affected.
     """
 
-    __slots__ = ("_parked",)
+    __slots__ = ("_parked", "group")
 
     def __init__(self) -> None:
         # One entry per parked wait: its lot, and whether it was interrupted.
         self._parked: list[list] = []
+        #: Also counts this waiter's parked operations, when set.
+        self.group: WaitGroup | None = None
 
     @property
     def parked(self) -> int:
@@ -39,10 +52,15 @@ class Waiter:
         """Wait until ``lot`` is unparked; raise :class:`Interrupted` if interrupted."""
         entry = [lot, False]
         self._parked.append(entry)
+        group = self.group
+        if group is not None:
+            group.parked += 1
         try:
             await lot.park()
         finally:
             self._parked.remove(entry)
+            if group is not None:
+                group.parked -= 1
         if entry[1]:
             raise Interrupted
 

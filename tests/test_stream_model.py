@@ -517,6 +517,9 @@ class StreamModel(RuleBasedStateMachine):
         assert stream.bytes_written == self.bytes_written
         stats = stream.statistics()
         assert stats.waiting_writes == len(self.pending)
+        assert stats.queued_bytes == sum(r.pending for r in stream.readers), (
+            "the stream's running total of queued bytes drifted")
+        assert stats.waiting_reads == sum(r.waiting for r in stream.readers)
         live = [m for m in self.mreaders.values() if not m.released]
         assert stream.dropped_chunks == sum(m.dropped_chunks for m in self.mreaders.values())
         assert stream.dropped_bytes == sum(m.dropped_bytes for m in self.mreaders.values())
