@@ -80,6 +80,9 @@ class Reader:
         #: Reads of this reader waiting for data right now.
         self.waiting = 0
         self.totals = ReaderTotals()
+        #: Where the stream's next byte for this reader starts: the end of the
+        #: last chunk queued, or where it last sought to.
+        self.next_offset = 0
         self._history = 0
         # Infinite in items: the bound is in bytes and kept by has_room().
         self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
@@ -134,8 +137,10 @@ class Reader:
             self.stream.hold(chunk.footprint)
         chunk.refs += 1
         self._send.send_nowait(chunk)
-        self.pending += len(chunk.data)
-        self.totals.queued_bytes += len(chunk.data)
+        size = len(chunk.data)
+        self.pending += size
+        self.totals.queued_bytes += size
+        self.next_offset = chunk.offset + size
         # _readable_now(), inlined: this runs per chunk per reader.
         if self._arrival:
             self._arrival.unpark_all()
@@ -184,6 +189,7 @@ class Reader:
         Once the stream has ended, the ring can still be read again, up to EOF.
         """
         self._discard_queue()
+        self.next_offset = offset
         if self.disconnected:
             return
         if self.ended:

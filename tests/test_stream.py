@@ -11,7 +11,7 @@ from streamfs_fuse.chunk import CHUNK_OVERHEAD
 from streamfs_fuse.reader import ReaderDisconnected
 from streamfs_fuse.ring import SMALL_CHUNK
 from streamfs_fuse.stream import (
-    DROP_LOG_INTERVAL, SlowReaderPolicy, Stream, StreamClosed, StreamSettings,
+    DROP_LOG_INTERVAL, FANOUT_SLICE, SlowReaderPolicy, Stream, StreamClosed, StreamSettings,
 )
 from streamfs_fuse.wait import Interrupted, Waiter
 
@@ -918,3 +918,40 @@ async def test_a_block_write_waiting_on_the_cap_goes_on_when_another_reader_free
         assert await joiner.read(100) == b"x" * 10
         await trio.testing.wait_all_tasks_blocked()
         assert stream.waiting_writes == 0 and stream.bytes_written == 11
+
+
+@pytest.mark.parametrize("policy", [DROP, BLOCK])
+async def test_a_chunk_for_a_crowd_is_handed_out_in_slices_and_reaches_each_reader_once(policy):
+    stream = make_stream(policy=policy)
+    readers = [stream.open_reader() for _ in range(2 * FANOUT_SLICE + 10)]
+    leaver, seeker = readers[-1], readers[-2]
+    seen = {}
+
+    async def meanwhile():
+        while not stream.chunks_written:
+            await trio.lowlevel.checkpoint()
+        # The write has handed out its first slice and not its last.
+        seen["served"] = sum(1 for r in readers if r.pending)
+        seen["late"] = stream.open_reader()
+        stream.release_reader(leaver)
+        seeker.seek(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.write, b"x" * 100, Waiter())
+        nursery.start_soon(meanwhile)
+    assert FANOUT_SLICE <= seen["served"] < len(readers) - 2, "other tasks ran mid-fanout"
+    for reader in [*readers[:-1], seen["late"]]:
+        assert await read_queued(reader) == b"x" * 100, "the chunk exactly once"
+    assert stream.statistics().queued_bytes == 0
+
+
+async def test_writes_to_a_crowd_reach_every_reader_in_the_rings_order():
+    stream = make_stream()
+    readers = [stream.open_reader() for _ in range(FANOUT_SLICE + 1)]
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(stream.write, bytes([i]) * 10, Waiter())
+    order = b"".join(chunk.data for chunk in stream.ring.history())
+    assert sorted(order) == sorted(bytes(range(5)) * 10)
+    for reader in readers:
+        assert await read_queued(reader) == order
