@@ -62,6 +62,14 @@ class Reader:
     what is still queued and after that ``b""`` (EOF).
     """
 
+    # Slots: a mount may hold 100,000 readers.
+    __slots__ = (
+        "stream", "id", "capacity", "waiter", "lossy", "pending", "backlog", "dropped_chunks",
+        "dropped_bytes", "disconnected", "ended", "waiting", "totals", "next_offset",
+        "_history", "_send", "_receive", "_current", "_view", "_offset", "_room", "_arrival",
+        "_on_readable",
+    )
+
     def __init__(self, stream: Stream, reader_id: int, capacity: int, waiter: Waiter,
                  lossy: bool) -> None:
         self.stream = stream
