@@ -14,8 +14,8 @@ requests are already queued: one to hand the lock over, one for epoll. With
 daemon's CPU. :func:`install` gives pyfuse3 a view of trio in which both are
 cheap when nothing has to wait:
 
-- :class:`ReadLock` is taken at once, with no checkpoint, when it is free;
-  when it is held, waiters queue and are handed it in arrival order.
+- :class:`ReadLock` is taken at once, with no checkpoint, when it is free,
+  also ahead of workers parked on it.
 - :func:`wait_readable` returns at once when ``poll`` with no timeout says a
   request is queued; otherwise, and after every :data:`YIELD_EVERY` requests
   taken without a pass of the scheduler, it waits in trio's epoll as before,
@@ -59,7 +59,16 @@ async def wait_readable(fd: int) -> None:
 
 
 class ReadLock:
-    """A FIFO lock whose free acquire does not yield (pyfuse3's only use is ``async with``)."""
+    """A lock whose free acquire does not yield (pyfuse3's only use is ``async with``).
+
+    Not fair, on purpose: a worker that comes back from a request takes a free
+    lock at once, ahead of the workers parked on it, since any worker will do
+    to take the next request. Handing the lock to the longest-waiting worker
+    cost a pass of the scheduler per request whenever one worker had been
+    waiting in epoll. Releasing still wakes one parked worker, which takes the
+    lock if it is free when it runs and parks again if not, so that while
+    workers wait, one of them always ends up waiting on the fd.
+    """
 
     __slots__ = ("_held", "_waiters")
 
@@ -68,16 +77,14 @@ class ReadLock:
         self._waiters = trio.lowlevel.ParkingLot()
 
     async def __aenter__(self) -> None:
-        if self._held:
-            await self._waiters.park()  # woken by __aexit__, which hands the lock over
-        else:
-            self._held = True
+        while self._held:
+            await self._waiters.park()
+        self._held = True
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._held = False
         if self._waiters:
             self._waiters.unpark()
-        else:
-            self._held = False
 
 
 class _Module(types.ModuleType):

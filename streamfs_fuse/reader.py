@@ -308,9 +308,13 @@ class Reader:
         else:
             self.backlog -= chunk.footprint
         chunk.refs -= 1
-        stream = self.stream
         if not chunk.refs and not chunk.in_ring:
-            stream.release(chunk.footprint)
+            self.stream.release(chunk.footprint)
+        self._made_room()
+
+    def _made_room(self) -> None:
+        """Wake the writes waiting for this reader's room or for the memory cap."""
+        stream = self.stream
         if self._room:
             self._room.unpark_all()
         if stream.cap_waiters:
@@ -330,8 +334,23 @@ class Reader:
             chunk = self._current
             self._current = self._view = None
             self._done(chunk)
-        while self.drop_oldest():
-            pass
+        # The chunks' memory and the writers waiting for room are settled once
+        # for the whole queue: a reader released with 20 chunks queued cost
+        # 20 wake-up checks, and 100,000 such readers took 8 s to let go.
+        receive, stream, size = self._receive, self.stream, 0
+        while True:
+            try:
+                chunk = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            size += len(chunk.data)
+            chunk.refs -= 1
+            if not chunk.refs and not chunk.in_ring:
+                stream.release(chunk.footprint)
+        if size:
+            self._took(size)
+            self._history = self.backlog = 0
+            self._made_room()
 
     def close(self) -> None:
         """The handle was released: forget everything queued."""
