@@ -66,24 +66,29 @@ class ReadLock:
     to take the next request. Handing the lock to the longest-waiting worker
     cost a pass of the scheduler per request whenever one worker had been
     waiting in epoll. Releasing still wakes one parked worker, which takes the
-    lock if it is free when it runs and parks again if not, so that while
-    workers wait, one of them always ends up waiting on the fd.
+    lock if it is free when it runs and parks again if not (one at a time), so
+    that while workers wait, one of them always ends up waiting on the fd.
     """
 
-    __slots__ = ("_held", "_waiters")
+    __slots__ = ("_held", "_waiters", "_waking")
 
     def __init__(self) -> None:
         self._held = False
         self._waiters = trio.lowlevel.ParkingLot()
+        # A parked worker was woken and has not run yet: waking more would
+        # only have them park again.
+        self._waking = False
 
     async def __aenter__(self) -> None:
         while self._held:
             await self._waiters.park()
+            self._waking = False
         self._held = True
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._held = False
-        if self._waiters:
+        if self._waiters and not self._waking:
+            self._waking = True
             self._waiters.unpark()
 
 

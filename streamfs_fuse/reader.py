@@ -228,12 +228,14 @@ class Reader:
         Cancelling or interrupting a read loses nothing.
         """
         if self._current is None:
+            # ``pending`` says whether anything is queued, without the cost of
+            # an exception from the channel on every read that has to wait.
             try:
-                try:
+                if self.pending or self.ended:
                     chunk = self._receive.receive_nowait()
-                except trio.WouldBlock:
-                    if nonblocking:
-                        raise
+                elif nonblocking:
+                    raise trio.WouldBlock
+                else:
                     chunk = await self._wait_for_chunk()
             except trio.EndOfChannel:
                 self._check_connected()
@@ -264,11 +266,8 @@ class Reader:
         """``first`` and as much more as is queued, up to ``size`` bytes in all."""
         pieces: list[bytes | memoryview] = [first]
         room = size - len(first)
-        while room > 0:
-            try:
-                chunk = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        while room > 0 and self.pending:
+            chunk = self._receive.receive_nowait()
             data = chunk.data
             if len(data) > room:
                 self._start(chunk)
