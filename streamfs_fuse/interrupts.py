@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 import trio
 
@@ -45,13 +46,13 @@ def _mask(*signals: signal.Signals) -> int:
 HARMLESS = _mask(signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG, signal.SIGCONT,
                  signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
-#: How often blocked readers are checked. Each check costs about 12 µs per
-#: process, so the interval grows with the number of processes to keep the
-#: idle cost near 1% of a core: 0.2 s for up to 200 processes, 0.8 s from
-#: 800 on (measured: 1.5% of a core with 1,000 idle cat readers).
+#: How often blocked readers are checked: every 0.2 s, or less often when a
+#: round of checks takes long enough that the watcher would use more than
+#: CPU_SHARE of a core. A process costs 12–25 µs a check depending on the
+#: kernel, so a fixed rate did not keep the promise: 1,000 idle cat readers
+#: checked every 0.8 s cost 1.5% of a core on one machine, 3.3% on another.
 MIN_INTERVAL = 0.2
-MAX_INTERVAL = 0.8
-CHECKS_PER_SECOND = 1000
+CPU_SHARE = 0.01
 
 
 class _Process:
@@ -138,24 +139,22 @@ class SignalWatch:
             process.close()
             del self._processes[pid]
 
-    def check(self) -> int:
-        """Interrupt the waits of signalled processes; return how many processes were checked."""
-        checked = 0
+    def check(self) -> None:
+        """Interrupt the waits of signalled processes."""
         for process in self._processes.values():
             # One look per process: scanning the handles of processes that hold
             # 20,000 idle readers each took milliseconds a check, stalling every stream.
             if process.parked.parked:
-                checked += 1
                 if process.signalled():
                     log.debug("pid %d has a signal pending: interrupting its waits", process.pid)
                     for waiter in [w for w in process.waiters if w.parked]:
                         waiter.interrupt()
-        return checked
 
     async def run(self) -> None:
         """Check every blocked reader's process, for as long as the mount lives."""
         interval = MIN_INTERVAL
         while True:
             await trio.sleep(interval)
-            checked = self.check()
-            interval = min(MAX_INTERVAL, max(MIN_INTERVAL, checked / CHECKS_PER_SECOND))
+            started = time.perf_counter()
+            self.check()
+            interval = max(MIN_INTERVAL, (time.perf_counter() - started) / CPU_SHARE)
