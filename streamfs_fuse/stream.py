@@ -335,10 +335,10 @@ class Stream:
         of the last chunk and it were trimmed from the log before this host
         read them, and count as dropped by every reader.
         """
-        block = self.policy is SlowReaderPolicy.BLOCK
-        if not block and self.accepts_now(len(data)):
+        if self.accepts_now(len(data)):
             self.deliver(data, offset)
             return
+        block = self.policy is SlowReaderPolicy.BLOCK
         turn = object()
         queue = self._write_queue
         queue.append(turn)
