@@ -58,9 +58,9 @@ XATTR_PREFIX = b"user.streamfs."
 SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Handle:
-    """One open() of a stream."""
+    """One open() of a stream (slots: there may be 100,000)."""
 
     node: StreamFile
     reader: Reader | None

@@ -98,10 +98,11 @@ class Reader:
         self._current: Chunk | None = None
         self._view: memoryview | None = None
         self._offset = 0
-        # Writers waiting for this reader to make room (the ``block`` policy).
-        self._room = trio.lowlevel.ParkingLot()
-        # Reads waiting for the next chunk.
-        self._arrival = trio.lowlevel.ParkingLot()
+        # Writers waiting for this reader to make room (the ``block`` policy),
+        # and reads waiting for the next chunk. Made when first needed: an idle
+        # reader of 100,000 should not carry two empty ones (370 bytes).
+        self._room: trio.lowlevel.ParkingLot | None = None
+        self._arrival: trio.lowlevel.ParkingLot | None = None
         # Called once when the reader next becomes readable (poll(2) support).
         self._on_readable: Callable[[], None] | None = None
 
@@ -125,6 +126,12 @@ class Reader:
             callback()
 
     # -- the stream's side ------------------------------------------------
+
+    def room_waiters(self) -> trio.lowlevel.ParkingLot:
+        """Where writes wait for this reader to make room; unparked as it does."""
+        if self._room is None:
+            self._room = trio.lowlevel.ParkingLot()
+        return self._room
 
     def has_room(self, footprint: int) -> bool:
         """Whether a chunk fits: an empty backlog takes any chunk."""
@@ -159,7 +166,8 @@ class Reader:
         """No more chunks will come: read() drains the queue, then returns EOF."""
         self.ended = True
         self._send.close()
-        self._room.unpark_all()
+        if self._room:
+            self._room.unpark_all()
         self._readable_now()
 
     def disconnect(self) -> None:
@@ -253,6 +261,8 @@ class Reader:
         self.totals.waiting_reads += 1
         try:
             while True:
+                if self._arrival is None:
+                    self._arrival = trio.lowlevel.ParkingLot()
                 await self.waiter.park(self._arrival)
                 try:
                     return self._receive.receive_nowait()

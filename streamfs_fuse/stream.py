@@ -363,7 +363,7 @@ class Stream:
             slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
                         None)
             if slow is not None:
-                await self._park(waiter, slow._room)
+                await self._park(waiter, slow.room_waiters())
                 continue
             if budget.has_room(footprint):
                 return
