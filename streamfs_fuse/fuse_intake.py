@@ -16,7 +16,7 @@ cheap when nothing has to wait:
 
 - :class:`ReadLock` is taken at once, with no checkpoint, when it is free,
   also ahead of workers parked on it.
-- :func:`wait_readable` returns at once when ``poll`` with no timeout says a
+- :class:`Readiness` returns at once when ``poll`` with no timeout says a
   request is queued; otherwise, and after every :data:`YIELD_EVERY` requests
   taken without a pass of the scheduler, it waits in trio's epoll as before,
   so that a stream of requests cannot starve the other tasks.
@@ -34,28 +34,35 @@ import types
 import pyfuse3
 import trio
 
-__all__ = ["ReadLock", "YIELD_EVERY", "install", "wait_readable"]
+__all__ = ["ReadLock", "Readiness", "YIELD_EVERY", "install"]
 
 #: Requests taken in a row without letting other tasks run. Each is at most a
 #: few tens of µs of work, so other tasks wait a millisecond at worst.
 YIELD_EVERY = 32
 
-_polls: dict[int, select.poll] = {}
-_taken_in_a_row = 0
 
+class Readiness:
+    """pyfuse3's ``wait_readable`` for its one /dev/fuse descriptor."""
 
-async def wait_readable(fd: int) -> None:
-    """Return once ``fd`` is readable: at once, if it is now and others had a turn lately."""
-    global _taken_in_a_row
-    poll = _polls.get(fd)
-    if poll is None:
-        poll = _polls[fd] = select.poll()
-        poll.register(fd, select.POLLIN)
-    if _taken_in_a_row < YIELD_EVERY and poll.poll(0):
-        _taken_in_a_row += 1
-        return
-    _taken_in_a_row = 0
-    await trio.lowlevel.wait_readable(fd)
+    __slots__ = ("_poll", "_fd", "_in_a_row")
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._fd: int | None = None
+        self._in_a_row = 0
+
+    async def wait_readable(self, fd: int) -> None:
+        """Return once ``fd`` is readable: at once, if it is now and others had a turn lately."""
+        if fd != self._fd:
+            if self._fd is not None:
+                self._poll.unregister(self._fd)
+            self._poll.register(fd, select.POLLIN)
+            self._fd = fd
+        if self._in_a_row < YIELD_EVERY and self._poll.poll(0):
+            self._in_a_row += 1
+            return
+        self._in_a_row = 0
+        await trio.lowlevel.wait_readable(fd)
 
 
 class ReadLock:
@@ -105,6 +112,7 @@ class _Module(types.ModuleType):
 
 
 def install() -> None:
-    """Make pyfuse3 take requests through :class:`ReadLock` and :func:`wait_readable`."""
-    lowlevel = _Module("trio.lowlevel", trio.lowlevel, wait_readable=wait_readable)
+    """Make pyfuse3 take requests through :class:`ReadLock` and :class:`Readiness`."""
+    lowlevel = _Module("trio.lowlevel", trio.lowlevel,
+                       wait_readable=Readiness().wait_readable)
     pyfuse3.trio = _Module("trio", trio, Lock=ReadLock, lowlevel=lowlevel)

@@ -260,9 +260,9 @@ class Reader:
         self.waiting += 1
         self.totals.waiting_reads += 1
         try:
+            if self._arrival is None:
+                self._arrival = trio.lowlevel.ParkingLot()
             while True:
-                if self._arrival is None:
-                    self._arrival = trio.lowlevel.ParkingLot()
                 await self.waiter.park(self._arrival)
                 try:
                     return self._receive.receive_nowait()
@@ -316,10 +316,13 @@ class Reader:
             self._history -= 1
         else:
             self.backlog -= chunk.footprint
+        self._unref(chunk)
+        self._made_room()
+
+    def _unref(self, chunk: Chunk) -> None:
         chunk.refs -= 1
         if not chunk.refs and not chunk.in_ring:
             self.stream.release(chunk.footprint)
-        self._made_room()
 
     def _made_room(self) -> None:
         """Wake the writes waiting for this reader's room or for the memory cap."""
@@ -346,16 +349,14 @@ class Reader:
         # The chunks' memory and the writers waiting for room are settled once
         # for the whole queue: a reader released with 20 chunks queued cost
         # 20 wake-up checks, and 100,000 such readers took 8 s to let go.
-        receive, stream, size = self._receive, self.stream, 0
+        receive, size = self._receive, 0
         while True:
             try:
                 chunk = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             size += len(chunk.data)
-            chunk.refs -= 1
-            if not chunk.refs and not chunk.in_ring:
-                stream.release(chunk.footprint)
+            self._unref(chunk)
         if size:
             self._took(size)
             self._history = self.backlog = 0

@@ -6,7 +6,7 @@ import enum
 import itertools
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -391,14 +391,7 @@ class Stream:
         Only once :meth:`accepts_now` said so.
         """
         chunk = self._record(data, offset)
-        footprint = chunk.footprint
-        full = []
-        for reader in self.readers:
-            if reader.has_room(footprint):
-                reader.push(chunk)
-            else:
-                full.append(reader)
-        self._handed_out(chunk, full)
+        self._handed_out(chunk, self._hand(chunk, self.readers))
 
     async def _deliver_in_slices(self, data: bytes, offset: int | None) -> None:
         """:meth:`deliver` to a crowd, :data:`FANOUT_SLICE` readers at a time.
@@ -409,21 +402,28 @@ class Stream:
         one that seeks meanwhile was given it from the ring if it wanted it.
         """
         chunk = self._record(data, offset)
-        footprint, start = chunk.footprint, chunk.offset
         readers = list(self.readers)
         full = []
         for first in range(0, len(readers), FANOUT_SLICE):
             if first:
                 # Shielded: a chunk in the ring is handed to all of its readers.
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            for reader in readers[first:first + FANOUT_SLICE]:
-                if reader.ended or reader.next_offset > start:
-                    continue
-                if reader.has_room(footprint):
-                    reader.push(chunk)
-                else:
-                    full.append(reader)
+            full += self._hand(chunk, [
+                r for r in readers[first:first + FANOUT_SLICE]
+                if not r.ended and r.next_offset <= chunk.offset])
         self._handed_out(chunk, full)
+
+    @staticmethod
+    def _hand(chunk: Chunk, readers: Iterable[Reader]) -> list[Reader]:
+        """Queue ``chunk`` for each of ``readers`` that has room; return those that had none."""
+        footprint = chunk.footprint
+        full = []
+        for reader in readers:
+            if reader.has_room(footprint):
+                reader.push(chunk)
+            else:
+                full.append(reader)
+        return full
 
     def _record(self, data: bytes, offset: int | None) -> Chunk:
         """Count ``data`` as written and put it in the ring; return its chunk."""
