@@ -270,6 +270,8 @@ class HTTPDoor:
         pieces = conn.send_with_data_passthrough(h11.Data(data=data))
         if len(data) < LARGE_SEND:
             await sock.send_all(b"".join(pieces))
+        elif isinstance(sock, trio.SocketStream):
+            await send_vectored(sock, pieces)
         else:
             for piece in pieces:
                 await sock.send_all(piece)
@@ -407,6 +409,30 @@ class HTTPDoor:
             await sock.send_all(conn.send(h11.EndOfMessage()))
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def send_vectored(sock: trio.SocketStream, pieces: list) -> None:
+    """Send ``pieces`` (a chunk's header, its data, its trailer) without joining them.
+
+    One writev(2) per portion the kernel takes, and one checkpoint per call
+    rather than one per syscall: trio's send_all costs a scheduler pass for
+    every partial send, and the kernel takes a 1 MiB chunk in about four.
+    """
+    fd = sock.socket.fileno()
+    views = [memoryview(piece) for piece in pieces]
+    await trio.lowlevel.checkpoint()
+    while views:
+        try:
+            sent = os.writev(fd, views)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        except OSError as e:
+            raise trio.BrokenResourceError(str(e)) from e
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if sent:
+            views[0] = views[0][sent:]
 
 
 def response(*, status_code: int, headers: list) -> h11.Response:

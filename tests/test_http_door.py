@@ -10,7 +10,7 @@ import os
 import trio
 import trio.testing
 
-from streamfs_fuse.http import HEAD_TIMEOUT, HTTPDoor, HTTPSettings
+from streamfs_fuse.http import HEAD_TIMEOUT, HTTPDoor, HTTPSettings, send_vectored
 from streamfs_fuse.namespace import Namespace, StreamFile
 from streamfs_fuse.stream import StreamSettings
 
@@ -124,3 +124,32 @@ async def test_token_and_read_only():
     assert status(await exchange(
         door, b"DELETE /s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\n\r\n",
         until=b"}")) == 403
+
+
+async def test_vectored_send_waits_for_a_slow_peer_and_keeps_the_order():
+    ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    pieces = [b"300000\r\n", bytes(range(256)) * (3 * 4096), b"\r\n"]
+    received = bytearray()
+
+    async def slow_peer():
+        while len(received) < sum(map(len, pieces)):
+            received.extend(await theirs.receive_some(4096))
+            await trio.sleep(0)
+
+    async with ours, theirs, trio.open_nursery() as nursery:
+        nursery.start_soon(slow_peer)
+        await send_vectored(ours, pieces)
+    assert received == b"".join(pieces)
+
+
+async def test_vectored_send_to_a_peer_that_left_is_a_broken_resource():
+    ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    await theirs.aclose()
+    try:
+        await send_vectored(ours, [b"100000\r\n", bytes(1024 * 1024), b"\r\n"])
+    except trio.BrokenResourceError:
+        pass
+    else:
+        raise AssertionError("a send to a closed peer succeeded")
+    finally:
+        await ours.aclose()
