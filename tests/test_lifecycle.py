@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import wait_until, xattr
-from streamfs_fuse.mount import is_mounted
+from streamfs_fuse.mount import heap_on_huge_pages, is_mounted
 
 
 
@@ -74,3 +74,17 @@ def test_after_sigkill_users_see_enotconn_and_can_remount(mount_with, tmp_path):
     remounted = mount_with(name="mnt")
     (remounted / "s").write_bytes(b"works")
     assert os.listdir(remounted.path) == ["s"]
+
+
+@pytest.mark.parametrize(("tunables", "huge"), [
+    (None, False), ("", False), ("glibc.malloc.hugetlb=0", False),
+    ("glibc.malloc.hugetlb=1", True), ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2", True),
+    ("glibc.malloc.hugetlb", False), ("glibc.malloc.hugetlbx=1", False),
+])
+def test_the_heap_top_pad_stays_off_when_glibc_puts_the_heap_on_huge_pages(
+        monkeypatch, tunables, huge):
+    if tunables is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    assert heap_on_huge_pages() is huge
