@@ -71,7 +71,7 @@ class Reader:
     )
 
     def __init__(self, stream: Stream, reader_id: int, capacity: int, waiter: Waiter,
-                 lossy: bool) -> None:
+                 lossy: bool, totals: ReaderTotals) -> None:
         self.stream = stream
         self.id = reader_id
         self.capacity = capacity
@@ -87,7 +87,7 @@ class Reader:
         self.ended = False
         #: Reads of this reader waiting for data right now.
         self.waiting = 0
-        self.totals = ReaderTotals()
+        self.totals = totals
         #: Where the stream's next byte for this reader starts: the end of the
         #: last chunk queued, or where it last sought to.
         self.next_offset = 0

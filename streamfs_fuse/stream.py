@@ -31,9 +31,9 @@ DROP_LOG_INTERVAL = 5.0
 #: Readers named in one drop warning; the rest are counted.
 DROP_LOG_READERS = 5
 #: A chunk for more readers than this is handed out this many at a time (about
-#: 0.4 ms of work), and
-#: other tasks run in between: handing one chunk to 100,000 readers at once
-#: took 285 ms, and every other stream of the mount waited for it.
+#: 0.4 ms of work), and other tasks run in between: handing one chunk to
+#: 100,000 readers at once took 285 ms, and every other stream of the mount
+#: waited for it.
 FANOUT_SLICE = 128
 
 
@@ -256,10 +256,9 @@ class Stream:
         ``lossy`` readers never hold writers back (see :attr:`Reader.lossy`).
         """
         reader = Reader(self, next(self._reader_ids), self.settings.channel_buffer_size,
-                        waiter or Waiter(), lossy)
+                        waiter or Waiter(), lossy,
+                        ReaderTotals() if self.closed else self.reader_totals)
         self.budget.readers.add(reader)
-        if not self.closed:
-            reader.totals = self.reader_totals
         for chunk in self.ring.history():
             reader.seed(chunk)
         if self.closed:

@@ -11,8 +11,6 @@ from conftest import wait_until, xattr
 from streamfs_fuse.mount import heap_on_huge_pages, is_mounted
 
 
-
-
 def start_idle_readers(mnt, count, name="idle"):
     path = mnt / name
     path.touch()
@@ -81,8 +79,7 @@ def test_after_sigkill_users_see_enotconn_and_can_remount(mount_with, tmp_path):
     ("glibc.malloc.hugetlb=1", True), ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2", True),
     ("glibc.malloc.hugetlb", False), ("glibc.malloc.hugetlbx=1", False),
 ])
-def test_the_heap_top_pad_stays_off_when_glibc_puts_the_heap_on_huge_pages(
-        monkeypatch, tunables, huge):
+def test_glibc_tunables_say_whether_the_heap_is_on_huge_pages(monkeypatch, tunables, huge):
     if tunables is None:
         monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     else:
