@@ -61,7 +61,7 @@ def test_a_thousand_streams_spread_over_every_master(hosts, redis_cluster):
     (a / "many").mkdir()
     for i in range(1000):
         os.close(os.open(a / "many" / f"s{i}", os.O_CREAT | os.O_WRONLY))
-    assert len(os.listdir(b / "many")) == 1000
+    wait_until(lambda: len(os.listdir(b / "many")) == 1000, what="B to see the creates")
     masters = {master_of(redis_cluster, hosts.namespace, a / "many" / f"s{i}")
                for i in range(1000)}
     assert masters == set(redis_cluster.masters())

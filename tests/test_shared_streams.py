@@ -54,15 +54,22 @@ def cat(host, name: str):
 
 def test_the_tree_is_the_same_on_every_host(hosts):
     a, b, c = hosts(3)
+
+    def seen(predicate, what):
+        # The host that made a change has it when the call returns; the others
+        # as soon as Redis hands them the event.
+        wait_until(predicate, what=f"{what}, on every host")
+
     (a / "cams").mkdir()
+    seen(lambda: (b / "cams").is_dir(), "the mkdir")
     (b / "cams" / "front").touch()
-    assert os.listdir(c / "cams") == ["front"]
+    seen(lambda: os.listdir(c / "cams") == os.listdir(a / "cams") == ["front"], "the create")
     os.chmod(a / "cams" / "front", 0o600)
-    assert (c / "cams" / "front").stat().st_mode & 0o777 == 0o600
+    seen(lambda: (c / "cams" / "front").stat().st_mode & 0o777 == 0o600, "the chmod")
     os.chown(b / "cams" / "front", 1234, 5678)
-    assert (a / "cams" / "front").stat()[4:6] == (1234, 5678)
+    seen(lambda: (a / "cams" / "front").stat()[4:6] == (1234, 5678), "the chown")
     os.rename(c / "cams" / "front", c / "cams" / "back")
-    assert os.listdir(a / "cams") == ["back"] and os.listdir(b / "cams") == ["back"]
+    seen(lambda: os.listdir(a / "cams") == os.listdir(b / "cams") == ["back"], "the rename")
     # The same rules everywhere: a name taken on one host is taken on all.
     with pytest.raises(FileExistsError):
         os.mkdir(b / "cams")
@@ -70,8 +77,10 @@ def test_the_tree_is_the_same_on_every_host(hosts):
         os.rmdir(a / "cams")
     assert raised.value.errno == errno.ENOTEMPTY
     (b / "cams" / "back").unlink()
+    seen(lambda: os.listdir(c / "cams") == [], "the unlink")
     os.rmdir(c / "cams")
-    assert os.listdir(a.path) == os.listdir(b.path) == os.listdir(c.path) == []
+    seen(lambda: os.listdir(a.path) == os.listdir(b.path) == os.listdir(c.path) == [],
+         "the rmdir")
     # A host that mounts later replays the tree.
     (a / "late").mkdir()
     (d,) = hosts(1)
@@ -269,7 +278,7 @@ def test_redis_restarted_empty_ends_every_stream(hosts, redis_server):
                what="the emptied tree")
     # And the namespace works again from scratch.
     (b / "again").touch()
-    assert os.listdir(a.path) == ["again"]
+    wait_until(lambda: os.listdir(a.path) == ["again"], what="A to see B's create")
 
 
 def test_one_host_killed_leaves_the_others_streaming(hosts):
@@ -345,7 +354,7 @@ def test_a_password_from_a_file_or_the_url_and_a_wrong_one_refused(
     url = redis_server.url.replace("redis://", "redis://:s3cret@")
     b = mount_with(f"--backend={url}", name="b")
     (a / "s").touch()
-    assert os.listdir(b.path) == ["s"]
+    wait_until(lambda: os.listdir(b.path) == ["s"], what="B to see A's create")
     path = tmp_path / "m"
     path.mkdir()
     wrong = redis_server.url.replace("redis://", "redis://:wrong@")
@@ -388,7 +397,7 @@ def test_the_tree_history_is_trimmed_behind_snapshots(hosts, redis_server):
     assert os.listdir(late / "d") == ["s"]
     assert (late / "d").stat().st_mode & 0o777 == 0o700 + (2 * SNAPSHOT_EVERY + 99) % 64
     (b / "d" / "s").unlink()
-    assert os.listdir(late / "d") == []
+    wait_until(lambda: os.listdir(late / "d") == [], what="the late host to see the unlink")
 
 
 def test_foreign_entries_in_redis_are_ignored(hosts, redis_server):
@@ -398,7 +407,8 @@ def test_foreign_entries_in_redis_are_ignored(hosts, redis_server):
                    ["e", '{"op": "explode", "parent": 1, "name": "x", "time": 0}']):
         assert cli(redis_server.port, "xadd", tree, "*", *fields)
     (a / "d").mkdir()
-    assert os.listdir(b.path) == ["d"] and a.daemon.poll() is None and b.daemon.poll() is None
+    wait_until(lambda: os.listdir(b.path) == ["d"], what="B to see A's mkdir")
+    assert a.daemon.poll() is None and b.daemon.poll() is None
 
 
 def test_rm_while_a_block_reader_is_full_still_drains_it_to_the_end(hosts):
