@@ -8,9 +8,12 @@ above it are the virtual directories leading to it; paths beside it are not
 found. A native stream named ``/api/v1/...`` is therefore not reachable over
 HTTP (it still is through the mount).
 
-Each route translates onto the same namespace and stream calls as the native
-routes: no stream policy and no tree rule lives here. Errors are AGFS's
-``{"error": "op: path: reason"}``.
+Each route translates onto the same verbs as the native routes (composed,
+not inherited: :class:`AGFSRoutes` holds a :class:`~.http_routes.NativeRoutes`),
+for the request's identity: no stream policy and no tree rule lives here.
+Errors are AGFS's ``{"error": "op: path: reason"}``. Routes AGFS has and
+this door does not (handles, grep, digest, ...) answer 501, which AGFS's
+clients take as "use the plain calls".
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from urllib.parse import parse_qsl
 
-import h11
 import trio
 
-from .http import (READ_SIZE, STATUS_BY_ERRNO, HTTPDoor, HTTPSettings, Refused, check_path,
-                   parse_path)
+from .access import Access, check
+from .config import HTTPSettings
+from .http import READ_SIZE, STATUS_BY_ERRNO, Exchange, Refused
+from .http_routes import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
+                          primary_gid)
 from .namespace import Directory, Namespace, Node, StreamFile, fail
 
-__all__ = ["AGFSDoor"]
+__all__ = ["AGFSRoutes"]
 
 #: Where the AGFS API lives; see :data:`API_ROUTES`.
 API_PREFIX = b"/api/v1/"
@@ -46,7 +51,7 @@ AGFS_REASONS = {errno.ENOENT: "not found", errno.EEXIST: "already exists",
 #: The plugin name AGFS's streamfs puts in file info and mount listings.
 PLUGIN_NAME = "streamfs"
 
-#: The AGFS API: path -> {method: the AGFSDoor method that answers it}. Each
+#: The AGFS API: path -> {method: the AGFSRoutes method that answers it}. Each
 #: is a translation onto the namespace and stream calls the native routes use.
 API_ROUTES: dict[bytes, dict[bytes, str]] = {
     b"/api/v1/health": {b"GET": "_api_health"},
@@ -63,49 +68,44 @@ API_ROUTES: dict[bytes, dict[bytes, str]] = {
     b"/api/v1/touch": {b"POST": "_api_touch"},
     b"/api/v1/rename": {b"POST": "_api_rename"},
 }
+#: AGFS routes not served here: 501, so that AGFS's clients fall back to the
+#: plain calls (agfs-fuse opens files through handles when it gets anything else).
+UNIMPLEMENTED = (b"/api/v1/handles", b"/api/v1/grep", b"/api/v1/digest", b"/api/v1/chmod",
+                 b"/api/v1/truncate", b"/api/v1/symlink", b"/api/v1/readlink",
+                 b"/api/v1/plugins")
 
 
-class AGFSDoor(HTTPDoor):
-    """The HTTP door, with the AGFS API in front of its native routes."""
+class AGFSRoutes:
+    """The AGFS API in front of the native routes."""
 
-    def __init__(self, namespace: Namespace, settings: HTTPSettings,
-                 token: bytes | None = None) -> None:
-        super().__init__(namespace, settings, token)
+    def __init__(self, namespace: Namespace, settings: HTTPSettings) -> None:
+        self.namespace = namespace
+        self.native = NativeRoutes(namespace, settings)
+        self.read_only = settings.read_only
         #: Where the tree appears in the AGFS API (AGFS's mount path), and its names.
         self._agfs_names = parse_path(os.fsencode(settings.agfs_path))
         self.agfs_path = "/" + "/".join(map(os.fsdecode, self._agfs_names))
 
-    async def _route(self, conn, sock, request: h11.Request) -> None:
-        if request.target.startswith(API_PREFIX):
-            await self._api(conn, sock, request)
-        else:
-            await super()._route(conn, sock, request)
-
-    async def _api(self, conn, sock, request: h11.Request) -> None:
-        route, _, query = request.target.partition(b"?")
+    async def __call__(self, exchange: Exchange) -> None:
+        if not origin_form(exchange.target).startswith(API_PREFIX):
+            await self.native(exchange)
+            return
+        route, _, query = origin_form(exchange.target).partition(b"?")
         methods = API_ROUTES.get(route)
         if methods is None:
+            if route.startswith(UNIMPLEMENTED):
+                raise Refused(501, f"{route.decode(errors='replace')}: not implemented")
             raise Refused(404, "404 page not found")
-        if request.method not in methods:
-            raise Refused(405, "method not allowed", allow=b", ".join(methods))
+        if exchange.method not in methods:
+            raise Refused(405, "method not allowed",
+                          headers=((b"allow", b", ".join(methods)),))
+        if exchange.method in (b"PUT", b"POST", b"DELETE") and self.read_only:
+            raise Refused(403, "this server is read-only")
         params = parse_query(query)
         # A write streams its body into the stream; any other call reads its
         # (small, JSON) body first, so that the connection can be kept.
-        body = None if request.method == b"PUT" else await self._read_body(conn, sock)
-        await getattr(self, methods[request.method])(conn, sock, params, body)
-
-    async def _read_body(self, conn, sock) -> bytes:
-        body = b""
-        while True:
-            event = await self._next_event(conn, sock)
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_API_BODY:
-                    raise Refused(413, "request body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                return body
-            else:
-                raise h11.RemoteProtocolError("incomplete body", error_status_hint=400)
+        body = None if exchange.method == b"PUT" else await exchange.read_body(MAX_API_BODY)
+        await getattr(self, methods[exchange.method])(exchange, params, body)
 
     def _api_names(self, params: dict[str, str], op: str) -> tuple[str, list[bytes]]:
         """The ``path`` parameter, and the names under the AGFS mount path it stands for."""
@@ -127,13 +127,13 @@ class AGFSDoor(HTTPDoor):
             raise Refused(400, "the path must start with /")
         return path, check_path(os.fsencode(path))
 
-    def _api_node(self, op: str, path: str, names: list[bytes]) -> Node:
+    def _api_node(self, exchange: Exchange, op: str, path: str, names: list[bytes]) -> Node:
         """The node an AGFS path under the mount path names, or AGFS's error."""
         inside = self._under_mount(names)
         if inside is None:
             raise Refused(404, f"{op}: {path}: not found")
         with agfs_errors(op, path):
-            return self._resolve(inside)
+            return self.namespace.resolve(inside, exchange.identity)
 
     def _under_mount(self, names: list[bytes]) -> list[bytes] | None:
         """``names`` relative to the AGFS mount path, or None when not under it."""
@@ -145,35 +145,38 @@ class AGFSDoor(HTTPDoor):
         mount = self._agfs_names
         return mount[len(names)] if mount[:len(names)] == names != mount else None
 
-    async def _api_health(self, conn, sock, params, body) -> None:
-        await self._send_json(conn, sock, 200, {
+    async def _api_health(self, exchange, params, body) -> None:
+        await exchange.reply_json(200, {
             "status": "healthy", **version_info(), "ready": True, "degraded": False,
-            "mounts": {"total": 1, "pending": 0, "mounted": 1, "failed": 0}})
+            "mounts": {"total": 1, "pending": 0, "mounted": 1, "failed": 0}}, newline=True)
 
-    async def _api_version(self, conn, sock, params, body) -> None:
-        await self._send_json(conn, sock, 200, version_info())
+    async def _api_version(self, exchange, params, body) -> None:
+        await exchange.reply_json(200, version_info(), newline=True)
 
-    async def _api_mounts(self, conn, sock, params, body) -> None:
-        await self._send_json(conn, sock, 200, {"mounts": [
-            {"path": self.agfs_path, "pluginName": PLUGIN_NAME, "status": "mounted"}]})
+    async def _api_mounts(self, exchange, params, body) -> None:
+        await exchange.reply_json(200, {"mounts": [
+            {"path": self.agfs_path, "pluginName": PLUGIN_NAME, "status": "mounted"}]},
+            newline=True)
 
-    async def _api_read(self, conn, sock, params, body) -> None:
+    async def _api_read(self, exchange, params, body) -> None:
         """Stream with ``stream=true`` (history, then live until rm), else what the ring holds."""
         path, names = self._api_names(params, "read")
         with agfs_errors("read", path):
-            node = self._resolve(names)
+            node = self.namespace.resolve(names, exchange.identity)
             if isinstance(node, Directory):
                 raise fail(errno.EISDIR)
+            self.namespace.open_check(exchange.identity, node, read=True, write=False)
         if params.get("stream") == "true":
-            await self._stream(conn, sock, node, b"application/octet-stream")
+            await self.native.stream(exchange, node, b"application/octet-stream")
             return
         offset, size = int_param(params, "offset", 0), int_param(params, "size", -1)
         if offset < 0:
             raise Refused(400, "invalid offset parameter")
         data = await self._snapshot(node, offset, math.inf if size < 0 else size)
-        await self._send_whole(conn, sock, 200, data, b"application/octet-stream")
+        await exchange.reply(200, data, b"application/octet-stream")
 
-    async def _snapshot(self, node: StreamFile, offset: int, size: float) -> bytes:
+    @staticmethod
+    async def _snapshot(node: StreamFile, offset: int, size: float) -> bytes:
         """What a reader opened now is given at once: the ring, from stream ``offset`` on."""
         stream = node.stream
         reader = await stream.join(lossy=True)
@@ -194,95 +197,91 @@ class AGFSDoor(HTTPDoor):
             stream.release_reader(reader)
         return b"".join(pieces)
 
-    async def _api_write(self, conn, sock, params, body) -> None:
+    async def _api_write(self, exchange, params, body) -> None:
         """Append the body, creating the stream if needed (AGFS's streamfs appends too)."""
         path, names = self._api_names(params, "write")
         with agfs_errors("write", path):
             if not names:
                 raise fail(errno.EISDIR)
-            _, _, written = await self._upload(conn, sock, names)
-        await self._send_json(conn, sock, 200, {"message": f"Written {written} bytes"})
+            _, _, written = await self.native.upload(exchange, names)
+        await exchange.reply_json(200, {"message": f"Written {written} bytes"}, newline=True)
 
-    async def _api_create(self, conn, sock, params, body) -> None:
+    async def _create(self, exchange, kind, names: list[bytes], mode: int) -> None:
+        identity = exchange.identity
+        parent = self._parent(exchange, names)
+        await self.namespace.create(kind, parent, names[-1], mode, identity.uid,
+                                    primary_gid(identity, parent), identity=identity)
+
+    async def _api_create(self, exchange, params, body) -> None:
         path, names = self._api_names(params, "create")
         with agfs_errors("create", path):
-            parent = self._parent(names)
-            await self.namespace.create(StreamFile, parent, names[-1], 0o644, parent.uid,
-                                        parent.gid)
-        await self._send_json(conn, sock, 201, {"message": "file created"})
+            await self._create(exchange, StreamFile, names, UPLOAD_MODE)
+        await exchange.reply_json(201, {"message": "file created"}, newline=True)
 
-    async def _api_mkdir(self, conn, sock, params, body) -> None:
+    async def _api_mkdir(self, exchange, params, body) -> None:
         path, names = self._api_names(params, "mkdir")
         try:
             mode = int(params.get("mode") or "755", 8)
         except ValueError:
             raise Refused(400, "invalid mode") from None
         with agfs_errors("mkdir", path):
-            parent = self._parent(names)
-            await self.namespace.create(Directory, parent, names[-1], mode, parent.uid,
-                                        parent.gid)
-        await self._send_json(conn, sock, 201, {"message": "directory created"})
+            await self._create(exchange, Directory, names, mode)
+        await exchange.reply_json(201, {"message": "directory created"}, newline=True)
 
-    async def _api_delete(self, conn, sock, params, body) -> None:
+    async def _api_delete(self, exchange, params, body) -> None:
         """rm, rmdir, or with ``recursive=true`` rm -r."""
         path, names = self._api_names(params, "remove")
         if not names:
             raise Refused(403, f"remove: {path}: permission denied (a mount point)")
         with agfs_errors("remove", path):
-            parent = self._parent(names)
-            if params.get("recursive") == "true":
-                await self.namespace.remove_tree(parent, names[-1])
-            elif isinstance(self.namespace.child(parent, names[-1]), Directory):
-                await self.namespace.rmdir(parent, names[-1])
-            else:
-                await self.namespace.unlink(parent, names[-1])
-        await self.namespace.settle()
-        await self._send_json(conn, sock, 200, {"message": "deleted"})
+            await self.native.remove(exchange, names,
+                                     recursive=params.get("recursive") == "true")
+        await exchange.reply_json(200, {"message": "deleted"}, newline=True)
 
-    async def _api_list(self, conn, sock, params, body) -> None:
+    async def _api_list(self, exchange, params, body) -> None:
         path, names = self._api_path(params, default="/")
         entry = self._above_mount(names)
         if entry is not None:
             files = [virtual_info(os.fsdecode(entry), "mount-point", "rootfs")]
         else:
-            directory = self._api_node("readdir", path, names)
+            directory = self._api_node(exchange, "readdir", path, names)
             if not isinstance(directory, Directory):
                 raise Refused(404, f"readdir: {path}: not a directory")
+            with agfs_errors("readdir", path):
+                check(exchange.identity, Access.READ, directory)
             files = [file_info(node) for node in directory.entries.values()]
-        await self._send_json(conn, sock, 200, {"files": files})
+        await exchange.reply_json(200, {"files": files}, newline=True)
 
-    async def _api_stat(self, conn, sock, params, body) -> None:
+    async def _api_stat(self, exchange, params, body) -> None:
         path, names = self._api_path(params)
         if not names:
             info = virtual_info("/", "root")
         elif self._above_mount(names) is not None:
             info = virtual_info(os.fsdecode(names[-1]), "mount-point")
         else:
-            node = self._api_node("stat", path, names)
+            node = self._api_node(exchange, "stat", path, names)
             if isinstance(node, StreamFile):
                 await node.stream.refresh()
             info = file_info(node, os.fsdecode(names[-1]))
-        await self._send_json(conn, sock, 200, info)
+        await exchange.reply_json(200, info, newline=True)
 
-    async def _api_touch(self, conn, sock, params, body) -> None:
-        """Create a stream, or set an existing one's mtime to now."""
+    async def _api_touch(self, exchange, params, body) -> None:
+        """Create a stream, or set an existing one's times to now."""
         path, names = self._api_names(params, "touch")
         if not names:
             raise Refused(400, "cannot touch directory")
         with agfs_errors("touch", path):
-            parent = self._parent(names)
+            parent = self._parent(exchange, names)
             node = parent.entries.get(names[-1])
             if node is None:
-                await self.namespace.create(StreamFile, parent, names[-1], 0o644,
-                                            parent.uid, parent.gid)
+                await self._create(exchange, StreamFile, names, UPLOAD_MODE)
             elif isinstance(node, Directory):
                 raise Refused(400, "cannot touch directory")
             else:
-                now = time.time_ns()
-                await self.namespace.setattr(node, atime_ns=now, mtime_ns=now)
-        await self._send_json(conn, sock, 200, {"message": "touched"})
+                await self.namespace.setattr(node, touch=True, identity=exchange.identity)
+        await exchange.reply_json(200, {"message": "touched"}, newline=True)
 
-    async def _api_rename(self, conn, sock, params, body) -> None:
+    async def _api_rename(self, exchange, params, body) -> None:
         """``?path=OLD`` with ``{"newPath": NEW}``: mv, replacing a stream at NEW as mv does."""
         path, names = self._api_names(params, "rename")
         try:
@@ -296,23 +295,17 @@ class AGFSDoor(HTTPDoor):
         if new_names is None or not names or not new_names:
             raise Refused(400, "cannot rename: paths not in same mounted filesystem")
         with agfs_errors("rename", path):
-            await self.namespace.rename(self._parent(names), names[-1],
-                                        self._parent(new_names), new_names[-1])
+            await self.namespace.rename(self._parent(exchange, names), names[-1],
+                                        self._parent(exchange, new_names), new_names[-1],
+                                        identity=exchange.identity)
         await self.namespace.settle()
-        await self._send_json(conn, sock, 200, {"message": "renamed"})
+        await exchange.reply_json(200, {"message": "renamed"}, newline=True)
 
-    def _parent(self, names: list[bytes]) -> Directory:
+    def _parent(self, exchange: Exchange, names: list[bytes]) -> Directory:
         """The directory ``names`` would be in (the mount root itself has none here)."""
         if not names:
             raise fail(errno.EEXIST)
-        parent = self._resolve(names[:-1])
-        if not isinstance(parent, Directory):
-            raise fail(errno.ENOTDIR)
-        return parent
-
-    async def _send_json(self, conn, sock, status: int, value) -> None:
-        body = json.dumps(value).encode() + b"\n"
-        await self._send_whole(conn, sock, status, body, b"application/json")
+        return self.native.parent_of(names, exchange.identity)
 
 
 def parse_query(query: bytes) -> dict[str, str]:

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(s.flag, action="store_true", default=None, help=s.help)
         else:
             parser.add_argument(s.flag, metavar=s.metavar, choices=s.choices,
+                                action="append" if s.repeat else "store",
                                 help=f"{s.help} (default: {s.shown_default or show(s.default)})")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('streamfs-fuse')}")

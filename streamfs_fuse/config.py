@@ -20,12 +20,11 @@ import humanfriendly
 from humanfriendly.text import tokenize
 
 from .budget import physical_memory
-from .http import HTTPSettings
 from .stream import SlowReaderPolicy, StreamSettings
 
 __all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
            "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
-           "sections_from", "check_backend", "check_http"]
+           "sections_from", "check_backend", "check_http", "HTTPSettings"]
 
 
 class ConfigError(Exception):
@@ -57,6 +56,25 @@ class BackendSettings:
     password_file: str | None = None
     #: How long a write waits for an unreachable Redis before it fails with EIO.
     timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """Whether and how the daemon serves its streams over HTTP (see http.py)."""
+
+    #: Where to listen: ``(host, port)`` for TCP, an absolute path for a Unix
+    #: socket; none serves no HTTP.
+    addresses: tuple[tuple[str, int] | str, ...] = ()
+    #: A file holding the bearer token; a request carrying it acts as the file's owner.
+    token_file: str | None = None
+    #: Refuse PUT, POST and DELETE with 403.
+    read_only: bool = False
+    #: Where the tree appears in the AGFS API: AGFS's mount path (see agfs.py).
+    agfs_path: str = "/streamfs"
+    #: Connections served at once; None derives it from the descriptor limit.
+    max_connections: int | None = None
+    #: An upload that sends nothing for this long is ended (what arrived is kept).
+    body_timeout: float = 60.0
 
 
 @dataclass
@@ -154,6 +172,26 @@ def parse_address(value: Any, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_addresses(value: Any, what: str) -> tuple[tuple[str, int] | str, ...]:
+    """One address or several (a list, or the flag given more than once).
+
+    ``unix:PATH`` is a Unix socket at the absolute PATH; anything else is
+    ``HOST:PORT`` as :func:`parse_address` reads it.
+    """
+    values = value if isinstance(value, list) else [value]
+    addresses: list[tuple[str, int] | str] = []
+    for item in values:
+        if isinstance(item, str) and item.startswith("unix:"):
+            path = item[len("unix:"):]
+            if not path.startswith("/") or "\0" in path or len(os.fsencode(path)) > 107:
+                raise ConfigError(f"{what}: {item!r}: a Unix socket needs an absolute path "
+                                  "of at most 107 bytes, as unix:/run/streamfs.sock")
+            addresses.append(os.path.normpath(path))
+        else:
+            addresses.append(parse_address(item, what))
+    return tuple(addresses)
+
+
 def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True
@@ -188,6 +226,28 @@ def parse_token_file(value: Any, what: str) -> str:
     if not token:
         raise ConfigError(f"{what}: {value} holds no token: its first line is empty")
     return os.path.abspath(value)
+
+
+def parse_http_token_file(value: Any, what: str) -> str:
+    """A token file as :func:`parse_token_file`, that only its owner can read.
+
+    Its owner is who a request carrying the token acts as, so a token that
+    others can read would let them act as that owner (ssh refuses such keys too).
+    """
+    path = parse_token_file(value, what)
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        raise ConfigError(f"{what}: {path} is readable or writable by others (mode "
+                          f"{mode & 0o777:o}): run chmod 600 {path}")
+    return path
+
+
+def parse_count(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what}: expected a whole number above 0, got {value!r}")
+    return value
 
 
 def parse_switch(value: Any, what: str) -> bool:
@@ -271,6 +331,8 @@ class Setting:
     switch: bool = False
     #: The default as the help shows it, when :func:`show` would not say it well.
     shown_default: str = ""
+    #: May be given more than once; the values add up.
+    repeat: bool = False
 
     @property
     def flag(self) -> str:
@@ -302,14 +364,16 @@ SETTINGS = (
     Setting("max_memory", partial(parse_size, minimum=1),
             "cap on the data queued for all readers of the mount; over it, "
             "the readers furthest behind lose their oldest data first"),
-    Setting("http", parse_address,
-            "also serve the streams over HTTP on HOST:PORT; :PORT or PORT alone means "
-            "127.0.0.1:PORT, port 0 any free port; a HOST that is not loopback needs --http-token",
-            metavar="HOST:PORT", section="http", field="address",
+    Setting("http", parse_addresses,
+            "also serve the streams over HTTP on HOST:PORT (:PORT or PORT alone means "
+            "127.0.0.1:PORT, port 0 any free port; a HOST that is not loopback needs "
+            "--http-token), or on the Unix socket unix:PATH, where each request acts as the "
+            "connecting user; may be given more than once",
+            metavar="HOST:PORT|unix:PATH", section="http", field="addresses", repeat=True,
             shown_default="off; when on, HOST defaults to 127.0.0.1, loopback only"),
-    Setting("http_token", parse_token_file,
-            "file whose first line is a token that every HTTP request must carry "
-            "as 'Authorization: Bearer TOKEN'",
+    Setting("http_token", parse_http_token_file,
+            "file (mode 600) whose first line is a token: a request that carries it as "
+            "'Authorization: Bearer TOKEN' acts as the file's owner",
             metavar="FILE", section="http", field="token_file"),
     Setting("http_read_only", parse_switch,
             "refuse HTTP requests that write or remove streams (PUT, POST, DELETE)",
@@ -318,6 +382,14 @@ SETTINGS = (
             "where the tree appears in the AGFS HTTP API under /api/v1 (AGFS's mount "
             "path; also the TOML's [plugins.streamfs] path)",
             metavar="PATH", section="http"),
+    Setting("http_max_connections", parse_count,
+            "HTTP connections served at once; past it the oldest idle one is closed, or the "
+            "newcomer gets 503",
+            metavar="N", section="http", field="max_connections",
+            shown_default="the descriptor limit less an eighth (at least 64) for the rest"),
+    Setting("http_body_timeout", parse_seconds,
+            "an HTTP upload that sends nothing for this long is ended; what arrived is kept",
+            metavar="SECONDS", section="http", field="body_timeout"),
     Setting("backend", parse_backend,
             "share the tree and its streams with every mount that names the same Redis: "
             "redis://HOST:PORT/DB, rediss:// (TLS), unix://PATH, redis+cluster://H1:P1,H2:P2",
@@ -352,9 +424,10 @@ def check_backend(settings: StreamSettings, backend: BackendSettings) -> None:
 
 def check_http(http: HTTPSettings) -> None:
     """Rules across the HTTP settings: off the loopback interface, a token is required."""
-    if http.address and not is_loopback(http.address[0]) and not http.token_file:
-        raise ConfigError(f"--http {format_address(http.address)} is not loopback: give "
-                          f"--http-token FILE so that requests must carry a bearer token")
+    for address in http.addresses:
+        if not isinstance(address, str) and not is_loopback(address[0]) and not http.token_file:
+            raise ConfigError(f"--http {format_address(address)} is not loopback: give "
+                              f"--http-token FILE so that requests must carry a bearer token")
 
 
 def parse_mount_options(text: str) -> tuple[dict[str, Any], set[str]]:
@@ -369,6 +442,8 @@ def parse_mount_options(text: str) -> tuple[dict[str, Any], set[str]]:
             settings[key] = True
         elif setting and not has_value:
             raise ConfigError(f"-o {key}: needs a value, as in {key}={setting.metavar}")
+        elif setting and setting.repeat:
+            settings[key] = settings.get(key, ()) + setting.parse(value, f"-o {key}")
         elif setting:
             settings[key] = setting.parse(value, f"-o {key}")
         elif key in FUSE_VALUED and has_value and value:

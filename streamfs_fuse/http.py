@@ -1,414 +1,325 @@
-"""The HTTP door: the same streams as the mount, over HTTP/1.1 (h11 on trio sockets).
+"""The HTTP door's transport and protocol: listeners, connections, exchanges (h11 on trio).
 
-Routes:
+Three objects, as hypercorn splits them:
 
-- ``GET /path``: a stream is sent with chunked transfer, like ``cat``: its
-  history, then live data, until rm. A directory is listed as JSON, or as a
-  small HTML page for a browser (``Accept: text/html``).
-- ``HEAD /path``: the figures ``stat`` and the xattrs give, as headers.
-- ``PUT /path``, ``POST /path``: append the request body, creating the stream
-  if needed. Each piece of body read from the socket becomes a chunk as it
-  arrives, so a chunked upload is a live source.
-- ``DELETE /path``: rm (rmdir for an empty directory).
+- :class:`HTTPDoor` listens (TCP and Unix sockets), admits connections under
+  a cap, and tells who each request is (:class:`~.access.Identity`);
+- a connection reads request heads with a deadline and keeps the connection
+  open between requests where HTTP/1.1 allows;
+- an :class:`Exchange` is one request and its answer: the one place that
+  turns h11 events into bytes on the socket and bytes into events.
 
-The AGFS HTTP API is served on top of this door by :mod:`.agfs`.
+What a request does is decided by the routes (:mod:`.http_routes`, and the
+AGFS API in :mod:`.agfs`), which see only an Exchange, and by the core.
 
-This door holds no stream policy: a response is a Reader and an upload a
-Writer of the core, so history, fanout, slow-reader policies and EOF on rm
-are the mount's. A client that goes away releases its reader at once. Errors
-are the namespace's errno, sent as a status with an AGFS-style JSON body.
-Request heads are bounded in size and must arrive within
-:data:`HEAD_TIMEOUT`; bodies and responses never time out.
+Invariants:
+
+- The door never runs the process out of descriptors: at most
+  ``max_connections`` are served at once; past that the oldest connection
+  waiting for a request is closed, or the newcomer gets 503.
+- What a connection holds to send is one piece of a chunk still counted by the
+  core (see :meth:`~.reader.Reader.read_for_sending`), or a copy of at most
+  :data:`SEND_JOIN` bytes; what it buffers from its client is bounded by
+  :data:`MAX_HEAD` (pipelined requests) and :data:`UPLOAD_PIECE` (a body).
+- A request head must arrive within :data:`HEAD_TIMEOUT`, and an upload
+  that sends nothing for ``body_timeout`` is ended (what arrived is kept).
+- A client that hangs up is normal: logged at debug level, never as an error.
 """
 
 from __future__ import annotations
 
 import errno
 import hmac
-import html
 import json
 import logging
 import os
-import posixpath
+import resource
+import socket
+import struct
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
-from urllib.parse import unquote_to_bytes
 
 import h11
 import trio
 
-from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
-from .reader import ReaderDisconnected
-from .stream import StreamClosed
+from .access import NOBODY, Identity
+from .config import HTTPSettings
+from .logs import RepeatedLog
+from .reader import Reader, ReaderDisconnected
 
-__all__ = ["HTTPDoor", "HTTPSettings"]
+__all__ = ["Exchange", "HTTPDoor", "Refused", "STATUS_BY_ERRNO"]
 
 log = logging.getLogger(__name__)
 
-#: Longest request line plus headers; beyond it the request gets 431.
+#: Longest request line plus headers; beyond it the request gets 431. Also
+#: the most a connection buffers of requests pipelined behind a stream.
 MAX_HEAD = 16 * 1024
 #: A client gets this long to send a request's line and headers (slowloris).
 HEAD_TIMEOUT = 10.0
-#: Longest path, in bytes, as PATH_MAX.
-MAX_PATH = 4096
-#: Largest piece read from a reader, or from a socket, at once.
+#: Largest piece read from a reader at once: a 1 MiB chunk goes out in one writev.
 READ_SIZE = 1024 * 1024
-#: Data at least this large is sent without copying it next to its chunk header.
-LARGE_SEND = 64 * 1024
-
-#: By file name ending; everything else is application/octet-stream.
-CONTENT_TYPES = {
-    ".ts": "video/mp2t", ".m2ts": "video/mp2t", ".mp4": "video/mp4", ".webm": "video/webm",
-    ".mkv": "video/x-matroska", ".flv": "video/x-flv", ".ogv": "video/ogg",
-    ".mp3": "audio/mpeg", ".aac": "audio/aac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
-    ".opus": "audio/ogg", ".wav": "audio/wav", ".flac": "audio/flac",
-    ".m3u8": "application/vnd.apple.mpegurl", ".json": "application/json",
-    ".ndjson": "application/x-ndjson", ".jsonl": "application/x-ndjson",
-    ".txt": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8",
-    ".csv": "text/csv; charset=utf-8",
-}
+#: Chunks up to this size are joined into one send: the only copy a response makes.
+SEND_JOIN = 64 * 1024
+#: Largest stream chunk an upload makes: one HTTP chunk is one stream chunk up
+#: to this size, as one write() is through FUSE; a Content-Length body is cut
+#: into pieces of this size.
+UPLOAD_PIECE = 1024 * 1024
+#: A chunk size beyond this is no upload but an attack: 400 at once.
+MAX_DECLARED_CHUNK = 1 << 40
+#: After an error, a request body up to this size is read and discarded so
+#: that the connection can be kept; a longer one closes it.
+DRAIN_LIMIT = 64 * 1024
+#: Descriptors kept free of HTTP connections by default: FUSE, /proc reads,
+#: Redis and the newcomers that get a 503.
+RESERVED_DESCRIPTORS = 64
+#: Newcomers past the cap answered 503 at once; beyond this they are closed unanswered.
+MAX_REFUSING = 32
+#: accept() errors that mean "out of something for now": wait and try again.
+ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 STATUS_BY_ERRNO = {
     errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EEXIST: 409, errno.ENOTEMPTY: 409,
     errno.EISDIR: 409, errno.EINVAL: 400, errno.ENAMETOOLONG: 400, errno.EACCES: 403,
-    errno.EPERM: 403,
+    errno.EPERM: 403, errno.EBUSY: 409,
 }
 
-WRITE_METHODS = {b"PUT", b"POST", b"DELETE"}
-ALLOWED = b"GET, HEAD, PUT, POST, DELETE"
+#: Errors from a socket whose peer went away.
+HANGUPS = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
-@dataclass(frozen=True)
-class HTTPSettings:
-    """Whether and how the daemon serves its streams over HTTP."""
-
-    #: Where to listen, as (host, port); None serves no HTTP.
-    address: tuple[str, int] | None = None
-    #: A file holding the bearer token every request must carry.
-    token_file: str | None = None
-    #: Refuse PUT, POST and DELETE with 403.
-    read_only: bool = False
-    #: Where the tree appears in the AGFS API: AGFS's mount path (see :mod:`.agfs`).
-    agfs_path: str = "/streamfs"
+failures = RepeatedLog(log)
 
 
 class Refused(Exception):
-    """A request the door answers with ``status`` and an error message."""
+    """A request the door answers with ``status`` and an error message.
 
-    def __init__(self, status: int, message: str, allow: bytes = ALLOWED) -> None:
+    ``close`` ends the connection after the answer (the request could not be
+    framed, or the client misbehaved); ``headers`` are added to the answer.
+    """
+
+    def __init__(self, status: int, message: str, *, close: bool = False,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
-        #: The methods a 405 names.
-        self.allow = allow
+        self.close = close
+        self.headers = headers
 
 
-def content_type(name: bytes) -> str:
-    return CONTENT_TYPES.get(posixpath.splitext(os.fsdecode(name))[1].lower(),
-                             "application/octet-stream")
+def response(status: int, headers: list) -> h11.Response:
+    return h11.Response(status_code=status, headers=headers,
+                        reason=HTTPStatus(status).phrase.encode())
 
 
-class HTTPDoor:
-    """Serves one namespace over HTTP; see the module docstring for the routes."""
+class Exchange:
+    """One request on a connection and the answer to it.
 
-    def __init__(self, namespace: Namespace, settings: HTTPSettings,
-                 token: bytes | None = None) -> None:
-        self.namespace = namespace
-        self.settings = settings
-        self._expected_authorization = b"Bearer " + token if token else None
-        #: Responses and uploads under way: shutdown lets them finish.
-        self.active = 0
-        self._logged_failures: set[type] = set()
+    Routes read the request's body and send the answer only through these
+    methods. ``identity`` is who the request acts as.
+    """
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        host, port = self.settings.address
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        for listener in listeners:
-            log.info("serving HTTP on %s", listener.socket.getsockname())
-        task_status.started(listeners)
-        await trio.serve_listeners(self._connection, listeners)
+    def __init__(self, conn: h11.Connection, sock: trio.abc.Stream, request: h11.Request,
+                 identity: Identity, body_timeout: float) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.request = request
+        self.identity = identity
+        self.body_timeout = body_timeout
+        #: Set when the connection must close after this answer.
+        self.close_after = False
 
-    # -- connections ---------------------------------------------------------
+    @property
+    def method(self) -> bytes:
+        return self.request.method
 
-    async def _connection(self, sock: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        try:
-            while True:
-                event = None
-                with trio.move_on_after(HEAD_TIMEOUT):
-                    event = await self._next_event(conn, sock)
-                if event is None:
-                    return  # no complete request head in time: cut off
-                if isinstance(event, h11.ConnectionClosed):
-                    return
-                await self._request(conn, sock, event)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as e:
-            await self._send_error(conn, sock, e.error_status_hint, str(e))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception as e:  # a bug must cost one connection, not the daemon
-            if type(e) not in self._logged_failures:
-                self._logged_failures.add(type(e))
-                log.error("an HTTP request failed (answered 500; further such failures are "
-                          "not logged)", exc_info=e)
-            await self._send_error(conn, sock, 500, "internal error")
-        finally:
-            await sock.aclose()
+    @property
+    def target(self) -> bytes:
+        return self.request.target
 
-    @staticmethod
-    async def _next_event(conn: h11.Connection, sock: trio.SocketStream):
+    def header(self, name: bytes) -> bytes | None:
+        return next((value for key, value in self.request.headers if key == name), None)
+
+    # -- the request's body --------------------------------------------------
+
+    async def _receive_event(self):
+        """The next body event; raises :class:`Refused` on a stall or a bad chunk size."""
+        conn = self.conn
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
+                if isinstance(event, h11.ConnectionClosed):
+                    raise h11.RemoteProtocolError("the client closed before its body was "
+                                                  "complete", error_status_hint=400)
                 return event
-            conn.receive_data(await sock.receive_some(READ_SIZE))
+            # h11 keeps the size the chunk header declared to itself; an
+            # absurd one would have the connection wait for ever.
+            declared = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
+            if declared > MAX_DECLARED_CHUNK:
+                raise Refused(400, "a chunk of the body declares an absurd size", close=True)
+            data = b""
+            with trio.move_on_after(self.body_timeout):
+                data = await self.sock.receive_some(READ_SIZE)
+                if not data:
+                    conn.receive_data(b"")
+                    continue
+            if not data:
+                raise Refused(408, f"the request body sent nothing for {self.body_timeout:g} s",
+                              close=True)
+            conn.receive_data(data)
 
-    async def _request(self, conn: h11.Connection, sock: trio.SocketStream,
-                       request: h11.Request) -> None:
+    async def continue_body(self) -> None:
+        """Answer ``Expect: 100-continue``: the route is ready for the body."""
+        if self.conn.they_are_waiting_for_100_continue:
+            await self.sock.send_all(self.conn.send(
+                h11.InformationalResponse(status_code=100, headers=[])))
+
+    async def body_pieces(self) -> AsyncIterator[bytes]:
+        """The body as the sender cut it: each HTTP chunk whole, up to :data:`UPLOAD_PIECE`.
+
+        A chunk larger than that, and a Content-Length body, come in pieces of
+        exactly :data:`UPLOAD_PIECE` bytes (the last one shorter).
+        """
+        await self.continue_body()
+        buffer = bytearray()
+        while True:
+            event = await self._receive_event()
+            if isinstance(event, h11.EndOfMessage):
+                if buffer:
+                    yield bytes(buffer)
+                return
+            data = event.data
+            if not buffer and event.chunk_start and event.chunk_end:
+                yield bytes(data)  # the usual case: a whole chunk in one event
+                continue
+            buffer += data
+            while len(buffer) >= UPLOAD_PIECE:
+                yield bytes(buffer[:UPLOAD_PIECE])
+                del buffer[:UPLOAD_PIECE]
+            if event.chunk_end and buffer:
+                yield bytes(buffer)
+                buffer.clear()
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole (small) body; 413 beyond ``limit`` bytes."""
+        await self.continue_body()
+        body = bytearray()
+        while True:
+            event = await self._receive_event()
+            if isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            body += event.data
+            if len(body) > limit:
+                raise Refused(413, "request body too large", close=True)
+
+    async def drain(self) -> bool:
+        """Read and discard the rest of the body, if short; whether the connection can go on."""
+        conn = self.conn
+        if conn.their_state is h11.DONE:
+            return True
+        if conn.their_state is not h11.SEND_BODY or self.close_after:
+            return False
+        seen = 0
+        with trio.move_on_after(1.0):
+            try:
+                while seen <= DRAIN_LIMIT:
+                    event = await self._receive_event()
+                    if isinstance(event, h11.EndOfMessage):
+                        return True
+                    seen += len(event.data)
+            except (Refused, h11.RemoteProtocolError):
+                pass
+        return False
+
+    # -- the answer ----------------------------------------------------------
+
+    def _headers(self, headers) -> list:
+        headers = list(headers)
+        if self.close_after:
+            headers.append((b"connection", b"close"))
+        return headers
+
+    async def reply(self, status: int, body: bytes = b"", kind: bytes | None = None,
+                    headers=()) -> None:
+        """A whole answer; HEAD gets its headers and no body."""
+        headers = self._headers(headers)
+        if kind is not None:
+            headers.append((b"content-type", kind))
+        headers.append((b"content-length", b"%d" % len(body)))
+        send = self.conn.send
+        out = send(response(status, headers))
+        if body and self.method != b"HEAD":
+            out += send(h11.Data(data=body))
+        out += send(h11.EndOfMessage())
+        await self.sock.send_all(out)
+
+    async def reply_json(self, status: int, value, *, newline: bool = False) -> None:
+        body = json.dumps(value).encode() + (b"\n" if newline else b"")
+        await self.reply(status, body, b"application/json")
+
+    async def error(self, status: int, message: str, headers=()) -> None:
+        """Answer with an AGFS-style ``{"error": ...}`` body, if an answer can still start."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        if status == 401:
+            headers = (*headers, (b"www-authenticate", b"Bearer"))
         try:
-            self._authorize(request)
-            if request.method in WRITE_METHODS and self.settings.read_only:
-                raise Refused(403, "this server is read-only")
-            await self._route(conn, sock, request)
-        except Refused as e:
-            await self._send_error(conn, sock, e.status, str(e), e.allow)
-        except OSError as e:
-            await self._send_error(conn, sock, STATUS_BY_ERRNO.get(e.errno, 500),
-                                   f"{e.strerror}: {request.target.decode(errors='replace')}")
+            await self.reply(status, json.dumps({"error": message}).encode(),
+                             b"application/json", headers)
+        except (h11.LocalProtocolError, *HANGUPS):
+            pass
 
-    async def _route(self, conn, sock, request: h11.Request) -> None:
-        """The native routes; a subclass may put its own in front."""
-        names = parse_path(request.target)
-        if request.method == b"GET":
-            await self._get(conn, sock, request, names)
-        elif request.method == b"HEAD":
-            await self._head(conn, sock, names)
-        elif request.method in (b"PUT", b"POST"):
-            await self._put(conn, sock, names)
-        elif request.method == b"DELETE":
-            await self._delete(conn, sock, names)
+    async def send_stream(self, reader: Reader, headers) -> None:
+        """Send what ``reader`` gives, chunked, until it ends or the client goes away.
+
+        The client hanging up ends the response at once, not at the next
+        chunk. A reader cut off by the ``disconnect`` policy ends the body
+        without its last chunk, so the client sees it incomplete.
+        """
+        conn, sock = self.conn, self.sock
+        await sock.send_all(conn.send(response(200, self._headers(headers))))
+        if self.method == b"HEAD":
+            await sock.send_all(conn.send(h11.EndOfMessage()))
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_hangup, nursery.cancel_scope)
+            try:
+                while data := await reader.read_for_sending(READ_SIZE, SEND_JOIN):
+                    await self._send_data(data)
+                    data = None  # not held while the next read waits
+            except ReaderDisconnected:
+                conn.send_failed()
+            except HANGUPS:
+                conn.send_failed()
+                log.debug("an HTTP client went away during a stream")
+            nursery.cancel_scope.cancel()
+        if conn.our_state is h11.SEND_BODY:
+            await sock.send_all(conn.send(h11.EndOfMessage()))
+
+    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
+        """Read while a response streams: a close ends it; pipelined requests are kept."""
+        kept = 0
+        try:
+            while data := await self.sock.receive_some(READ_SIZE):
+                if kept + len(data) <= MAX_HEAD:
+                    kept += len(data)
+                    self.conn.receive_data(data)  # a pipelined request, kept for later
+                else:
+                    self.close_after = True  # too much to keep: close after this answer
+        except (*HANGUPS, OSError):
+            pass
         else:
-            raise Refused(405, f"method {request.method.decode(errors='replace')} "
-                               "is not allowed")
-
-    def _authorize(self, request: h11.Request) -> None:
-        if self._expected_authorization is None:
-            return
-        given = next((value for name, value in request.headers if name == b"authorization"),
-                     b"")
-        if not hmac.compare_digest(given, self._expected_authorization):
-            raise Refused(401, "a valid bearer token is required")
-
-    # -- routes --------------------------------------------------------------
-
-    def _resolve(self, names: list[bytes]) -> Node:
-        node: Node = self.namespace.root
-        for name in names:
-            if not isinstance(node, Directory):
-                raise fail(errno.ENOTDIR)
-            node = self.namespace.child(node, name)
-        return node
-
-    async def _get(self, conn, sock, request: h11.Request, names: list[bytes]) -> None:
-        node = self._resolve(names)
-        if isinstance(node, Directory):
-            accept = next((v for n, v in request.headers if n == b"accept"), b"")
-            if b"text/html" in accept:
-                body = self._listing_html(node, names).encode()
-                kind = b"text/html; charset=utf-8"
-            else:
-                body = json.dumps(self._listing(node)).encode()
-                kind = b"application/json"
-            await self._send_whole(conn, sock, 200, body, kind)
-            return
-        await self._stream(conn, sock, node)
-
-    async def _stream(self, conn, sock, node: StreamFile, kind: bytes | None = None) -> None:
-        namespace = self.namespace
-        stream = node.stream
-        namespace.hold(node)
-        reader = await stream.join()
-        self.active += 1
-        try:
-            await sock.send_all(conn.send(response(status_code=200, headers=[
-                (b"content-type", kind or content_type(node.name).encode()),
-                (b"cache-control", b"no-cache, no-store"),
-                (b"x-content-type-options", b"nosniff"),
-            ])))
-            async with trio.open_nursery() as nursery:
-                # A client that goes away must free its reader at once, not
-                # when the next chunk fails to send.
-                nursery.start_soon(self._watch_hangup, conn, sock, nursery.cancel_scope)
-                try:
-                    while data := await reader.read(READ_SIZE):
-                        await self._send_data(conn, sock, data)
-                except ReaderDisconnected:
-                    # Cut off by the disconnect policy: end without the last
-                    # chunk, so the client sees an incomplete body.
-                    conn.send_failed()
-                    nursery.cancel_scope.cancel()
-                    return
-                nursery.cancel_scope.cancel()
-            if conn.our_state is h11.SEND_BODY:  # the client is still there
-                await sock.send_all(conn.send(h11.EndOfMessage()))
-        finally:
-            self.active -= 1
-            stream.release_reader(reader)
-            namespace.release(node)
-
-    @staticmethod
-    async def _watch_hangup(conn, sock, scope: trio.CancelScope) -> None:
-        while data := await sock.receive_some(READ_SIZE):
-            conn.receive_data(data)  # a pipelined request, kept for later
-        conn.send_failed()
+            log.debug("an HTTP client closed its connection during a stream")
+        self.conn.send_failed()
         scope.cancel()
 
-    @staticmethod
-    async def _send_data(conn, sock, data) -> None:
-        pieces = conn.send_with_data_passthrough(h11.Data(data=data))
-        if len(data) < LARGE_SEND:
-            await sock.send_all(b"".join(pieces))
-        elif isinstance(sock, trio.SocketStream):
-            await send_vectored(sock, pieces)
+    async def _send_data(self, data) -> None:
+        pieces = self.conn.send_with_data_passthrough(h11.Data(data=data))
+        if len(data) < SEND_JOIN:
+            await self.sock.send_all(b"".join(pieces))
+        elif isinstance(self.sock, trio.SocketStream):
+            await send_vectored(self.sock, pieces)
         else:
             for piece in pieces:
-                await sock.send_all(piece)
-
-    async def _head(self, conn, sock, names: list[bytes]) -> None:
-        node = self._resolve(names)
-        headers = [(b"last-modified", http_date(node.mtime_ns)),
-                   (b"x-streamfs-mode", b"%o" % node.mode)]
-        if isinstance(node, StreamFile):
-            headers.append((b"content-type", content_type(node.name).encode()))
-            await node.stream.refresh()
-            for name, value in asdict(node.stream.statistics()).items():
-                value = getattr(value, "value", value)
-                headers.append((b"x-streamfs-" + name.replace("_", "-").encode(),
-                                str(value).encode()))
-        else:
-            headers.append((b"x-streamfs-type", b"directory"))
-        await sock.send_all(conn.send(response(status_code=200, headers=headers)))
-        await sock.send_all(conn.send(h11.EndOfMessage()))
-
-    async def _put(self, conn, sock, names: list[bytes]) -> None:
-        node, created, written = await self._upload(conn, sock, names)
-        body = json.dumps({"path": self.namespace.path(node), "written": written}).encode()
-        await self._send_whole(conn, sock, 201 if created else 200, body, b"application/json")
-
-    async def _upload(self, conn, sock, names: list[bytes]) -> tuple[StreamFile, bool, int]:
-        """Append the request body to the stream at ``names``, creating it if needed.
-
-        Returns the stream's node, whether it was created, and the bytes written.
-        """
-        if not names:
-            raise Refused(409, "/ is a directory")
-        namespace = self.namespace
-        parent = self._resolve(names[:-1])
-        if not isinstance(parent, Directory):
-            raise fail(errno.ENOTDIR)
-        node = parent.entries.get(names[-1])
-        created = node is None
-        if created:
-            node = await namespace.create(StreamFile, parent, names[-1], 0o644,
-                                    parent.uid, parent.gid)
-        elif not isinstance(node, StreamFile):
-            raise fail(errno.EISDIR)
-        namespace.hold(node)
-        writer = node.stream.open_writer()
-        self.active += 1
-        written = 0
-        try:
-            if conn.they_are_waiting_for_100_continue:
-                await sock.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            while True:
-                event = await self._next_event(conn, sock)
-                if isinstance(event, h11.Data):
-                    written += await writer.write(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:  # the client closed before its body was complete
-                    raise h11.RemoteProtocolError("incomplete body", error_status_hint=400)
-            node.mtime_ns = node.ctime_ns = time.time_ns()
-        except StreamClosed:
-            raise Refused(410, "the stream was removed while it was being written") from None
-        finally:
-            self.active -= 1
-            writer.close()
-            namespace.release(node)
-        return node, created, written
-
-    async def _delete(self, conn, sock, names: list[bytes]) -> None:
-        if not names:
-            raise Refused(409, "/ cannot be removed")
-        parent = self._resolve(names[:-1])
-        if not isinstance(parent, Directory):
-            raise fail(errno.ENOTDIR)
-        if isinstance(self.namespace.child(parent, names[-1]), Directory):
-            await self.namespace.rmdir(parent, names[-1])
-        else:
-            await self.namespace.unlink(parent, names[-1])
-        await self.namespace.settle()
-        await sock.send_all(conn.send(response(status_code=204, headers=[])))
-        await sock.send_all(conn.send(h11.EndOfMessage()))
-
-    # -- the AGFS API --------------------------------------------------------
-
-    # -- listings and replies ------------------------------------------------
-
-    def _listing(self, directory: Directory) -> list[dict]:
-        entries = []
-        for node in directory.entries.values():
-            entry = {"name": os.fsdecode(node.name), "mode": node.mode,
-                     "mtime": node.mtime_ns / 1e9, "type": "file", "size": 0,
-                     "readers": 0, "writers": 0}
-            if isinstance(node, StreamFile):
-                stream = node.stream
-                entry.update(size=stream.size, readers=len(stream.readers),
-                             writers=stream.writers)
-            else:
-                entry["type"] = "directory"
-            entries.append(entry)
-        return entries
-
-    def _listing_html(self, directory: Directory, names: list[bytes]) -> str:
-        base = "/" + "".join(os.fsdecode(n) + "/" for n in names)
-        rows = []
-        for entry in self._listing(directory):
-            name = entry["name"] + ("/" if entry["type"] == "directory" else "")
-            rows.append(f'<li><a href="{html.escape(base + name, quote=True)}">'
-                        f'{html.escape(name)}</a> {entry["size"]} bytes, '
-                        f'{entry["readers"]} readers</li>')
-        title = html.escape(base)
-        return (f"<!doctype html><meta charset=utf-8><title>{title}</title>"
-                f"<h1>{title}</h1><ul>{''.join(rows)}</ul>")
-
-    @staticmethod
-    async def _send_whole(conn, sock, status: int, body: bytes, kind: bytes) -> None:
-        await sock.send_all(conn.send(response(status_code=status, headers=[
-            (b"content-type", kind), (b"content-length", b"%d" % len(body))])))
-        await sock.send_all(conn.send(h11.Data(data=body)))
-        await sock.send_all(conn.send(h11.EndOfMessage()))
-
-    async def _send_error(self, conn, sock, status: int, message: str,
-                          allow: bytes = ALLOWED) -> None:
-        """Answer with an AGFS-style ``{"error": ...}`` body, if a reply can still start."""
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        body = json.dumps({"error": message}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", b"%d" % len(body))]
-        if status == 405:
-            headers.append((b"allow", allow))
-        if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        try:
-            await sock.send_all(conn.send(response(status_code=status, headers=headers)))
-            await sock.send_all(conn.send(h11.Data(data=body)))
-            await sock.send_all(conn.send(h11.EndOfMessage()))
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+                await self.sock.send_all(piece)
 
 
 async def send_vectored(sock: trio.SocketStream, pieces: list) -> None:
@@ -435,36 +346,247 @@ async def send_vectored(sock: trio.SocketStream, pieces: list) -> None:
             views[0] = views[0][sent:]
 
 
-def response(*, status_code: int, headers: list) -> h11.Response:
-    return h11.Response(status_code=status_code, headers=headers,
-                        reason=HTTPStatus(status_code).phrase.encode())
+Routes = Callable[[Exchange], Awaitable[None]]
 
 
-def parse_path(target: bytes) -> list[bytes]:
-    """The names along a request's path, confined to the tree.
+class Connection:
+    """One client connection; the door may close it while it waits for a request."""
 
-    Percent-escapes are decoded first, so ``%2e%2e`` is ``..``; "." and ".."
-    components, NUL bytes and overlong paths or names are refused with 400.
+    __slots__ = ("sock", "peer", "idle_scope", "evicted")
+
+    def __init__(self, sock: trio.abc.Stream, peer: Identity | None) -> None:
+        self.sock = sock
+        #: Who the peer is, when the socket says (a Unix socket's credentials).
+        self.peer = peer
+        self.idle_scope: trio.CancelScope | None = None
+        self.evicted = False
+
+
+class HTTPDoor:
+    """Serves the routes over HTTP/1.1 on every address in ``settings``.
+
+    ``token`` and ``token_owner`` come from ``--http-token``: a request that
+    carries the token acts as the token file's owner. Without one, a request
+    over TCP acts as nobody (only the "other" permission bits apply), and one
+    over a Unix socket as its peer.
     """
-    path = target.split(b"?", 1)[0]
-    if not path.startswith(b"/"):
-        raise Refused(400, "the path must start with /")
-    return check_path(unquote_to_bytes(path))
+
+    def __init__(self, routes: Routes, settings: HTTPSettings, *, token: bytes | None = None,
+                 token_owner: Identity | None = None, max_connections: int | None = None,
+                 anonymous: bool = True) -> None:
+        self.routes = routes
+        self.settings = settings
+        self._token = token
+        self._token_owner = token_owner
+        #: Whether a request without a token is served (as nobody) on TCP.
+        self.anonymous = anonymous
+        self.max_connections = max_connections or settings.max_connections \
+            or default_max_connections()
+        #: Responses and uploads under way: shutdown lets them finish.
+        self.active = 0
+        self.connections: set[Connection] = set()
+        #: Connections waiting for a request, oldest first: the first to go at the cap.
+        self._idle: dict[Connection, None] = {}
+        self._refusing = 0
+
+    # -- listening -----------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = []
+        for address in self.settings.addresses:
+            if isinstance(address, str):
+                listeners.append(unix_listener(address))
+            else:
+                host, port = address
+                listeners.extend(await trio.open_tcp_listeners(port, host=host))
+        for listener in listeners:
+            log.info("serving HTTP on %s", listener.socket.getsockname() or "?")
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery)
+            task_status.started(listeners)
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        unix = listener.socket.family == socket.AF_UNIX
+        async with listener:
+            while True:
+                try:
+                    sock = await listener.accept()
+                except OSError as e:
+                    if e.errno not in ACCEPT_RETRY_ERRNOS:
+                        raise
+                    failures.warning("HTTP accept failed: %s; trying again", e.strerror)
+                    await trio.sleep(0.1)
+                    continue
+                self._admit(sock, unix, nursery)
+
+    def _admit(self, sock: trio.SocketStream, unix: bool, nursery: trio.Nursery) -> None:
+        if len(self.connections) >= self.max_connections:
+            if self._idle:
+                oldest = next(iter(self._idle))
+                del self._idle[oldest]
+                oldest.evicted = True
+                oldest.idle_scope.cancel()
+            else:
+                nursery.start_soon(self._refuse, sock)
+                return
+        peer = peer_identity(sock) if unix else None
+        connection = Connection(sock, peer)
+        self.connections.add(connection)
+        nursery.start_soon(self._connection, connection)
+
+    async def _refuse(self, sock: trio.SocketStream) -> None:
+        """Past the cap with every connection busy: 503, at once, or a plain close."""
+        self._refusing += 1
+        try:
+            if self._refusing <= MAX_REFUSING:
+                with trio.move_on_after(1.0):
+                    await sock.send_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
+                                        b"connection: close\r\ncontent-length: 0\r\n\r\n")
+        except HANGUPS:
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(sock)
+
+    # -- one connection ------------------------------------------------------
+
+    async def connection(self, sock: trio.abc.Stream, peer: Identity | None = None) -> None:
+        """Serve one connection (tests hand in a memory stream and who its peer is)."""
+        connection = Connection(sock, peer)
+        self.connections.add(connection)
+        await self._connection(connection)
+
+    async def _connection(self, connection: Connection) -> None:
+        sock = connection.sock
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        try:
+            while True:
+                event = await self._next_request(connection, conn)
+                if event is None or isinstance(event, h11.ConnectionClosed):
+                    return
+                if not await self._exchange(connection, conn, event):
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as e:
+            # The request could not be parsed: answer if we still can, then close.
+            exchange = Exchange(conn, sock, h11.Request(method=b"GET", target=b"/",
+                                headers=[(b"host", b"-")]), NOBODY, 0)
+            exchange.close_after = True
+            await exchange.error(e.error_status_hint, str(e))
+        except HANGUPS:
+            log.debug("an HTTP client went away")
+        except Exception as e:  # a bug must cost one connection, not the daemon
+            failures.error("an HTTP request failed (answered 500)", exc_info=e)
+        finally:
+            self._idle.pop(connection, None)
+            self.connections.discard(connection)
+            await trio.aclose_forcefully(sock)
+
+    async def _next_request(self, connection: Connection, conn: h11.Connection):
+        """The next request head, or None when it did not come in time or the door needs the slot."""
+        with trio.move_on_after(HEAD_TIMEOUT) as scope:
+            connection.idle_scope = scope
+            self._idle[connection] = None
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is not h11.NEED_DATA:
+                        return event
+                    conn.receive_data(await connection.sock.receive_some(READ_SIZE))
+            finally:
+                self._idle.pop(connection, None)
+                connection.idle_scope = None
+        if connection.evicted:
+            log.debug("an idle HTTP connection was closed to make room for another")
+        return None
+
+    async def _exchange(self, connection: Connection, conn: h11.Connection,
+                        request: h11.Request) -> bool:
+        """Answer one request; whether the connection can serve another."""
+        exchange = Exchange(conn, connection.sock, request, NOBODY,
+                            self.settings.body_timeout)
+        self.active += 1
+        try:
+            check_framing(request)
+            exchange.identity = self._identity(exchange, connection.peer)
+            await self.routes(exchange)
+        except Refused as e:
+            exchange.close_after |= e.close
+            await exchange.error(e.status, str(e), e.headers)
+        except OSError as e:
+            if e.errno is None or isinstance(e, ConnectionError):
+                raise
+            await exchange.error(STATUS_BY_ERRNO.get(e.errno, 500),
+                                 f"{e.strerror}: {request.target.decode(errors='replace')}")
+        except h11.RemoteProtocolError as e:
+            exchange.close_after = True
+            await exchange.error(e.error_status_hint, str(e))
+        finally:
+            self.active -= 1
+        if conn.our_state is h11.MUST_CLOSE or exchange.close_after:
+            return False
+        return conn.our_state is h11.DONE and await exchange.drain()
+
+    def _identity(self, exchange: Exchange, peer: Identity | None) -> Identity:
+        """Who the request acts as: the token's owner, the Unix peer, or nobody."""
+        given = exchange.header(b"authorization")
+        if given is not None and self._token is not None:
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(),
+                                                                   self._token):
+                return self._token_owner
+            raise Refused(401, "a valid bearer token is required")
+        if peer is not None:
+            return peer
+        if not self.anonymous:
+            raise Refused(401, "a valid bearer token is required")
+        return NOBODY
 
 
-def check_path(decoded: bytes) -> list[bytes]:
-    """The names along an already decoded path, refused with 400 as :func:`parse_path` says."""
-    if len(decoded) > MAX_PATH:
-        raise Refused(400, "the path is too long")
-    if b"\0" in decoded:
-        raise Refused(400, "the path holds a NUL byte")
-    names = [name for name in decoded.split(b"/") if name]
-    for name in names:
-        if name in (b".", b".."):
-            raise Refused(400, "the path may not hold . or ..")
-        if len(name) > NAME_MAX:
-            raise Refused(400, "a name in the path is longer than 255 bytes")
-    return names
+def check_framing(request: h11.Request) -> None:
+    """Refuse what HTTP/1.1 forbids and proxies misread (request smuggling)."""
+    names = [name for name, _ in request.headers]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise Refused(400, "a request may not carry both Content-Length and "
+                           "Transfer-Encoding", close=True)
+
+
+def peer_identity(sock: trio.SocketStream) -> Identity:
+    """The credentials of the process at the other end of a Unix socket."""
+    pid, uid, gid = struct.unpack("3i", sock.socket.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    try:
+        return Identity.of_process(pid, uid, gid)
+    except OSError:  # out of descriptors for /proc, say: the primary group still counts
+        return Identity(uid, frozenset({gid}))
+
+
+def unix_listener(path: str) -> trio.SocketListener:
+    """A Unix socket at ``path`` that anyone may connect to (mode 0666).
+
+    Each request on it acts as the peer's own uid and groups, so the mode
+    grants nothing by itself. A stale socket left by a killed daemon is replaced.
+    """
+    try:
+        os.unlink(path)  # mount.py checked that nothing listens there
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o111)
+    try:
+        sock._sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o666)
+    sock.listen(512)
+    return trio.SocketListener(sock)
+
+
+def default_max_connections() -> int:
+    """What the descriptor limit allows, less a reserve for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(8, soft - max(RESERVED_DESCRIPTORS, soft // 8))
 
 
 def http_date(ns: int) -> bytes:

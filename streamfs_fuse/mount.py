@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from .config import BackendSettings, MountConfig
 from . import fuse_intake
+from .access import Identity
+from .agfs import AGFSRoutes
+from .config import BackendSettings, HTTPSettings, MountConfig, is_loopback
 from .fs import StreamFS
-from .agfs import AGFSDoor
-from .http import HTTPDoor, HTTPSettings
+from .http import HTTPDoor
+from .logs import INTERVAL, RepeatedLog
 from .namespace import Namespace
 
 if TYPE_CHECKING:
@@ -58,6 +60,14 @@ DRAIN_GRACE = 2.0
 UNMOUNT_POLL_INTERVAL = 1.0
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: A background task that fails is started again after this long, doubling
+#: up to :data:`MAX_RESTART_DELAY`: a daemon out of descriptors for a moment
+#: must not end every stream.
+RESTART_DELAY = 0.1
+MAX_RESTART_DELAY = 10.0
+
+failures = RepeatedLog(log)
 
 
 class MountError(Exception):
@@ -98,23 +108,47 @@ def shared_store(backend: BackendSettings) -> RedisStore | None:
 
 
 def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
-    """The HTTP door, if asked for, once its address is known to be free."""
-    if settings.address is None:
+    """The HTTP door, if asked for, once its addresses are known to be free."""
+    if not settings.addresses:
         return None
-    host, port = settings.address
+    for address in settings.addresses:
+        check_address(address)
+    token = owner = None
+    if settings.token_file:
+        try:
+            with open(settings.token_file, "rb") as f:
+                token = f.readline().strip()
+                owner = Identity.of_user(os.fstat(f.fileno()).st_uid)
+        except OSError as e:
+            raise MountError(f"cannot read {settings.token_file}: {e.strerror}") from None
+    # Anonymous requests act as nobody on loopback; off it a token is required.
+    anonymous = all(isinstance(a, str) or is_loopback(a[0]) for a in settings.addresses)
+    return HTTPDoor(AGFSRoutes(namespace, settings), settings, token=token, token_owner=owner,
+                    anonymous=anonymous)
+
+
+def check_address(address: tuple[str, int] | str) -> None:
+    """Fail now, in one line, if the door could not listen at ``address``."""
+    if isinstance(address, str):
+        if not os.path.isdir(os.path.dirname(address)):
+            raise MountError(f"cannot serve HTTP on unix:{address}: its directory does not exist")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(address)
+            except (FileNotFoundError, ConnectionRefusedError):
+                return  # free, or a socket a killed daemon left: the door replaces it
+            except OSError as e:
+                raise MountError(f"cannot serve HTTP on unix:{address}: {e.strerror}") from None
+        raise MountError(f"cannot serve HTTP on unix:{address}: another program listens there")
+    host, port = address
     try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
+                probe.bind(sockaddr)
     except OSError as e:
         raise MountError(f"cannot serve HTTP on {host}:{port}: {e.strerror}") from None
-    token = None
-    if settings.token_file:
-        with open(settings.token_file, "rb") as f:
-            token = f.readline().strip()
-    return AGFSDoor(namespace, settings, token)
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -242,8 +276,9 @@ async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
             # The shared tree is loaded before the first request is answered.
             await nursery.start(store.run, fs.namespace)
         nursery.start_soon(_stop_on_signal, fs, door)
-        nursery.start_soon(_watch_unmount, fs, mountpoint)
-        nursery.start_soon(fs.signals.run)
+        nursery.start_soon(keep_running, "the unmount watcher", _watch_unmount, fs, mountpoint)
+        nursery.start_soon(keep_running, "the signal watcher", fs.signals.run)
+        nursery.start_soon(_flush_logs)
         if door is not None:
             await nursery.start(door.serve)
         fuse_intake.install()
@@ -273,8 +308,42 @@ async def _stop_on_signal(fs: StreamFS, door: HTTPDoor | None) -> None:
     pyfuse3.terminate()
 
 
+async def keep_running(what: str, function, *args) -> None:
+    """Run ``function`` for ever: a failure is logged and it starts again, backing off.
+
+    No background task may end the daemon: out of descriptors, a read of
+    /proc fails, and that must cost a moment, not every stream.
+    """
+    delay = RESTART_DELAY
+    while True:
+        started = trio.current_time()
+        try:
+            await function(*args)
+            return
+        except Exception as e:
+            failures.error("%s failed; starting it again", what, exc_info=e)
+        if trio.current_time() - started > MAX_RESTART_DELAY:
+            delay = RESTART_DELAY
+        await trio.sleep(delay)
+        delay = min(delay * 2, MAX_RESTART_DELAY)
+
+
+async def _flush_logs() -> None:
+    """Report the repeats of rate-limited messages once their interval is over."""
+    from . import fs, http
+    while True:
+        await trio.sleep(INTERVAL)
+        for repeated in (failures, http.failures, fs.failures):
+            repeated.flush()
+
+
 async def _watch_unmount(fs: StreamFS, mountpoint: str) -> None:
-    while is_mounted(mountpoint):
+    while True:
+        try:
+            if not is_mounted(mountpoint):
+                break
+        except OSError as e:  # out of descriptors, say: look again later
+            failures.warning("cannot read the mount table: %s", e.strerror)
         await trio.sleep(UNMOUNT_POLL_INTERVAL)
     # Lazily unmounted: end the streams so readers close their files and the
     # kernel can let the connection go, which ends pyfuse3.main().

@@ -66,8 +66,8 @@ class Reader:
     __slots__ = (
         "stream", "id", "capacity", "waiter", "lossy", "pending", "backlog", "dropped_chunks",
         "dropped_bytes", "disconnected", "ended", "waiting", "totals", "next_offset",
-        "_history", "_send", "_receive", "_current", "_view", "_offset", "_room", "_arrival",
-        "_on_readable",
+        "_history", "_send", "_receive", "_current", "_view", "_offset", "_sent", "_room",
+        "_arrival", "_on_readable",
     )
 
     def __init__(self, stream: Stream, reader_id: int, capacity: int, waiter: Waiter,
@@ -98,6 +98,9 @@ class Reader:
         self._current: Chunk | None = None
         self._view: memoryview | None = None
         self._offset = 0
+        # The chunk whose last piece read_for_sending() gave out: still held
+        # (and counted) until the sender asks for more.
+        self._sent: Chunk | None = None
         # Writers waiting for this reader to make room (the ``block`` policy),
         # and reads waiting for the next chunk. Made when first needed: an idle
         # reader of 100,000 should not carry two empty ones (370 bytes).
@@ -236,17 +239,8 @@ class Reader:
         Cancelling or interrupting a read loses nothing.
         """
         if self._current is None:
-            # ``pending`` says whether anything is queued, without the cost of
-            # an exception from the channel on every read that has to wait.
-            try:
-                if self.pending or self.ended:
-                    chunk = self._receive.receive_nowait()
-                elif nonblocking:
-                    raise trio.WouldBlock
-                else:
-                    chunk = await self._wait_for_chunk()
-            except trio.EndOfChannel:
-                self._check_connected()
+            chunk = await self._next_chunk(nonblocking)
+            if chunk is None:
                 return b""
             data = chunk.data
             if len(data) <= size:
@@ -255,6 +249,44 @@ class Reader:
                 return self._join_queued(data, size)
             self._start(chunk)
         return self._take_current(size)
+
+    async def read_for_sending(self, size: int, join: int) -> bytes | memoryview:
+        """As :meth:`read`, for a door that sends what it gets after this returns.
+
+        A chunk larger than ``join`` is given out as views, and stays queued
+        (in ``held_bytes`` and under the memory cap) until the next call, or
+        close: a client that stops reading holds nothing the budget does not
+        see, and no copy. Smaller chunks are joined into at most ``join``
+        bytes, the one copy a sender holds beyond its chunks.
+        """
+        if self._sent is not None:
+            chunk, self._sent = self._sent, None
+            self._done(chunk)
+        if self._current is None:
+            chunk = await self._next_chunk(False)
+            if chunk is None:
+                return b""
+            data = chunk.data
+            if len(data) <= join:
+                self._took(len(data))
+                self._done(chunk)
+                return self._join_queued(data, join)
+            self._start(chunk)
+        return self._take_current(size, keep=True)
+
+    async def _next_chunk(self, nonblocking: bool) -> Chunk | None:
+        """The next queued chunk, waiting for one unless ``nonblocking``; None at EOF."""
+        # ``pending`` says whether anything is queued, without the cost of
+        # an exception from the channel on every read that has to wait.
+        try:
+            if self.pending or self.ended:
+                return self._receive.receive_nowait()
+            if nonblocking:
+                raise trio.WouldBlock
+            return await self._wait_for_chunk()
+        except trio.EndOfChannel:
+            self._check_connected()
+            return None
 
     async def _wait_for_chunk(self) -> Chunk:
         self.waiting += 1
@@ -298,8 +330,11 @@ class Reader:
         self._view = memoryview(chunk.data)
         self._offset = 0
 
-    def _take_current(self, size: int) -> memoryview:
-        """The next ``size`` bytes of the chunk being served, without copying."""
+    def _take_current(self, size: int, keep: bool = False) -> memoryview:
+        """The next ``size`` bytes of the chunk being served, without copying.
+
+        With ``keep``, a chunk read to its end is held as ``_sent``, not let go.
+        """
         start = self._offset
         piece = self._view[start:start + size]
         self._offset = start + len(piece)
@@ -307,7 +342,10 @@ class Reader:
         if self._offset == len(self._view):
             chunk = self._current
             self._current = self._view = None
-            self._done(chunk)
+            if keep:
+                self._sent = chunk
+            else:
+                self._done(chunk)
         return piece
 
     def _done(self, chunk: Chunk) -> None:
@@ -341,6 +379,9 @@ class Reader:
             )
 
     def _discard_queue(self) -> None:
+        if self._sent is not None:
+            chunk, self._sent = self._sent, None
+            self._done(chunk)
         if self._current is not None:
             self._took(len(self._view) - self._offset)
             chunk = self._current

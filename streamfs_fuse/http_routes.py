@@ -1,0 +1,284 @@
+"""The native HTTP routes: the mount's tree, one URL per stream.
+
+- ``GET /path``: a stream is sent with chunked transfer, like ``cat``: its
+  history, then live data, until rm. A directory is listed as JSON, or as a
+  small HTML page for a browser (``Accept: text/html``). Range is ignored:
+  the answer is always 200 and the stream from the reader's start.
+- ``HEAD /path``: the figures ``stat`` and the xattrs give, as headers.
+- ``PUT /path``, ``POST /path``: append the request body, creating the stream
+  if needed; each HTTP chunk becomes one stream chunk as it arrives (see
+  :meth:`.http.Exchange.body_pieces`), so a chunked upload is a live source.
+- ``DELETE /path``: rm (rmdir for an empty directory).
+
+Each route translates onto the core for the request's identity: the
+namespace decides who may do what, the stream how readers and writers
+behave. Errors are the namespace's errno, which the door turns into a status.
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import json
+import os
+import posixpath
+import pwd
+import time
+from contextlib import aclosing
+from dataclasses import asdict
+from urllib.parse import unquote_to_bytes
+
+from .access import Access, Identity, check
+from .config import HTTPSettings
+from .http import Exchange, Refused, http_date
+from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
+from .stream import StreamClosed
+
+__all__ = ["NativeRoutes", "check_path", "origin_form", "parse_path"]
+
+#: Longest path, in bytes, as PATH_MAX.
+MAX_PATH = 4096
+
+#: By file name ending; everything else is application/octet-stream.
+CONTENT_TYPES = {
+    ".ts": "video/mp2t", ".m2ts": "video/mp2t", ".mp4": "video/mp4", ".webm": "video/webm",
+    ".mkv": "video/x-matroska", ".flv": "video/x-flv", ".ogv": "video/ogg",
+    ".mp3": "audio/mpeg", ".aac": "audio/aac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
+    ".opus": "audio/ogg", ".wav": "audio/wav", ".flac": "audio/flac",
+    ".m3u8": "application/vnd.apple.mpegurl", ".json": "application/json",
+    ".ndjson": "application/x-ndjson", ".jsonl": "application/x-ndjson",
+    ".txt": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+}
+
+WRITE_METHODS = {b"PUT", b"POST", b"DELETE"}
+ALLOWED = b"GET, HEAD, PUT, POST, DELETE"
+#: Mode of a stream made by an upload (as ``touch`` with umask 022).
+UPLOAD_MODE = 0o644
+
+
+def content_type(name: bytes) -> str:
+    return CONTENT_TYPES.get(posixpath.splitext(os.fsdecode(name))[1].lower(),
+                             "application/octet-stream")
+
+
+def primary_gid(identity: Identity, parent: Directory) -> int:
+    """The group a node made by ``identity`` gets: its login group, else the directory's."""
+    try:
+        return pwd.getpwuid(identity.uid).pw_gid
+    except KeyError:
+        return parent.gid
+
+
+class NativeRoutes:
+    """The routes above, for one namespace; see the module docstring."""
+
+    def __init__(self, namespace: Namespace, settings: HTTPSettings) -> None:
+        self.namespace = namespace
+        self.settings = settings
+
+    async def __call__(self, exchange: Exchange) -> None:
+        method = exchange.method
+        if method in WRITE_METHODS and self.settings.read_only:
+            raise Refused(403, "this server is read-only")
+        names = parse_path(exchange.target)
+        if method in (b"GET", b"HEAD"):
+            node = self.namespace.resolve(names, exchange.identity)
+            if method == b"HEAD":
+                await self._head(exchange, node)
+            elif isinstance(node, Directory):
+                await self._listing(exchange, node, names)
+            else:
+                await self.stream(exchange, node)
+        elif method in (b"PUT", b"POST"):
+            node, created, written = await self.upload(exchange, names)
+            await exchange.reply_json(201 if created else 200,
+                                      {"path": self.namespace.path(node), "written": written})
+        elif method == b"DELETE":
+            await self.remove(exchange, names)
+            await exchange.reply(204)
+        else:
+            raise Refused(405, f"method {method.decode(errors='replace')} is not allowed",
+                          headers=((b"allow", ALLOWED),))
+
+    # -- the verbs every door's routes share ---------------------------------
+
+    def parent_of(self, names: list[bytes], identity: Identity) -> Directory:
+        """The directory the last of ``names`` is in."""
+        if not names:
+            raise fail(errno.EISDIR)
+        parent = self.namespace.resolve(names[:-1], identity)
+        if not isinstance(parent, Directory):
+            raise fail(errno.ENOTDIR)
+        return parent
+
+    async def stream(self, exchange: Exchange, node: Node, kind: bytes | None = None) -> None:
+        """Send the stream at ``node``, as ``cat`` reads it, until rm."""
+        if isinstance(node, Directory):
+            raise fail(errno.EISDIR)
+        self.namespace.open_check(exchange.identity, node, read=True, write=False)
+        namespace, stream = self.namespace, node.stream
+        namespace.hold(node)
+        reader = await stream.join()
+        try:
+            await exchange.send_stream(reader, [
+                (b"content-type", kind or content_type(node.name).encode()),
+                (b"cache-control", b"no-cache, no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ])
+        finally:
+            stream.release_reader(reader)
+            namespace.release(node)
+
+    async def upload(self, exchange: Exchange, names: list[bytes]) -> tuple[StreamFile, bool, int]:
+        """Append the request body to the stream at ``names``, creating it if needed.
+
+        The stream is made only once the body's first piece has arrived
+        whole, so a request whose body is malformed from the start makes
+        nothing. Returns the node, whether it was made, and the bytes written.
+        """
+        identity = exchange.identity
+        namespace = self.namespace
+        parent = self.parent_of(names, identity)
+        node = parent.entries.get(names[-1])
+        if node is None:
+            check(identity, Access.WRITE | Access.SEARCH, parent)
+        elif isinstance(node, StreamFile):
+            namespace.open_check(identity, node, read=False, write=True)
+        else:
+            raise fail(errno.EISDIR)
+        async with aclosing(exchange.body_pieces()) as pieces:
+            first = await anext(pieces, None)
+            created = False
+            node = parent.entries.get(names[-1])  # again: the body took time
+            if node is None:
+                node = await namespace.create(StreamFile, parent, names[-1], UPLOAD_MODE,
+                                              identity.uid, primary_gid(identity, parent),
+                                              identity=identity)
+                created = True
+            elif not isinstance(node, StreamFile):
+                raise fail(errno.EISDIR)
+            namespace.hold(node)
+            writer = node.stream.open_writer()
+            written = 0
+            try:
+                if first is not None:
+                    written += await writer.write(first)
+                    first = None
+                    async for piece in pieces:
+                        written += await writer.write(piece)
+                node.mtime_ns = node.ctime_ns = time.time_ns()
+            except StreamClosed:
+                raise Refused(410, "the stream was removed while it was being written") from None
+            finally:
+                writer.close()
+                namespace.release(node)
+        return node, created, written
+
+    async def remove(self, exchange: Exchange, names: list[bytes], *,
+                     recursive: bool = False) -> None:
+        """rm, rmdir for a directory, or rm -r."""
+        identity = exchange.identity
+        namespace = self.namespace
+        if not names:
+            raise Refused(409, "/ cannot be removed")
+        parent = self.parent_of(names, identity)
+        if recursive:
+            await namespace.remove_tree(parent, names[-1], identity=identity)
+        elif isinstance(namespace.child(parent, names[-1]), Directory):
+            await namespace.rmdir(parent, names[-1], identity=identity)
+        else:
+            await namespace.unlink(parent, names[-1], identity=identity)
+        await namespace.settle()
+
+    # -- listings and figures ------------------------------------------------
+
+    async def _head(self, exchange: Exchange, node: Node) -> None:
+        headers = [(b"last-modified", http_date(node.mtime_ns)),
+                   (b"x-streamfs-mode", b"%o" % node.mode)]
+        if isinstance(node, StreamFile):
+            headers.append((b"content-type", content_type(node.name).encode()))
+            await node.stream.refresh()
+            for name, value in asdict(node.stream.statistics()).items():
+                value = getattr(value, "value", value)
+                headers.append((b"x-streamfs-" + name.replace("_", "-").encode(),
+                                str(value).encode()))
+        else:
+            headers.append((b"x-streamfs-type", b"directory"))
+        await exchange.reply(200, headers=headers)
+
+    async def _listing(self, exchange: Exchange, directory: Directory,
+                       names: list[bytes]) -> None:
+        check(exchange.identity, Access.READ, directory)
+        entries = self.entries(directory)
+        if b"text/html" in (exchange.header(b"accept") or b""):
+            await exchange.reply(200, listing_html(entries, names).encode(),
+                                 b"text/html; charset=utf-8")
+        else:
+            await exchange.reply(200, json.dumps(entries).encode(), b"application/json")
+
+    @staticmethod
+    def entries(directory: Directory) -> list[dict]:
+        """The JSON listing; ``readers`` and ``writers`` count every host's, as HEAD does."""
+        entries = []
+        for node in directory.entries.values():
+            entry = {"name": os.fsdecode(node.name), "mode": node.mode,
+                     "mtime": node.mtime_ns / 1e9, "type": "file", "size": 0,
+                     "readers": 0, "writers": 0}
+            if isinstance(node, StreamFile):
+                statistics = node.stream.statistics()
+                entry.update(size=statistics.bytes_written, readers=statistics.readers,
+                             writers=statistics.writers)
+            else:
+                entry["type"] = "directory"
+            entries.append(entry)
+        return entries
+
+
+def listing_html(entries: list[dict], names: list[bytes]) -> str:
+    base = "/" + "".join(os.fsdecode(n) + "/" for n in names)
+    rows = []
+    for entry in entries:
+        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
+        rows.append(f'<li><a href="{html.escape(base + name, quote=True)}">'
+                    f'{html.escape(name)}</a> {entry["size"]} bytes, '
+                    f'{entry["readers"]} readers</li>')
+    title = html.escape(base)
+    return (f"<!doctype html><meta charset=utf-8><title>{title}</title>"
+            f"<h1>{title}</h1><ul>{''.join(rows)}</ul>")
+
+
+def parse_path(target: bytes) -> list[bytes]:
+    """The names along a request's path, confined to the tree.
+
+    An absolute-form target (``http://host/path``, RFC 9112 §3.2.2) names its
+    path. Percent-escapes are decoded first, so ``%2e%2e`` is ``..``; "." and
+    ".." components, NUL bytes and overlong paths or names are refused with 400.
+    """
+    path = origin_form(target).split(b"?", 1)[0]
+    if not path.startswith(b"/"):
+        raise Refused(400, "the path must start with /")
+    return check_path(unquote_to_bytes(path))
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a target in origin form, or in absolute form (``http://h/p``)."""
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        return b"/" + rest.partition(b"/")[2]
+    return target
+
+
+def check_path(decoded: bytes) -> list[bytes]:
+    """The names along an already decoded path, refused with 400 as :func:`parse_path` says."""
+    if len(decoded) > MAX_PATH:
+        raise Refused(400, "the path is too long")
+    if b"\0" in decoded:
+        raise Refused(400, "the path holds a NUL byte")
+    names = [name for name in decoded.split(b"/") if name]
+    for name in names:
+        if name in (b".", b".."):
+            raise Refused(400, "the path may not hold . or ..")
+        if len(name) > NAME_MAX:
+            raise Refused(400, "a name in the path is longer than 255 bytes")
+    return names
