@@ -13,6 +13,9 @@ Invariants:
 - A directory's ``entries`` are in the order they were linked, which is the
   order of their ``offset``; offsets 1 and 2 are "." and "..".
 - No operation walks the tree recursively: trees may be deep.
+- Permissions are checked for an ``identity`` (see access.py) before the
+  event is committed, against this host's tree; ``identity=None`` means the
+  door has already checked (FUSE's kernel does, with ``default_permissions``).
 - Every change is an event (a JSON-ready dict) applied by :meth:`Namespace.apply`.
   Applying the same events in the same order to the same tree gives the same
   tree, the same inode numbers and the same errors: that is how a store
@@ -33,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from .access import Access, Identity, check, check_sticky, fail, owns
 from .budget import MemoryBudget
 from .stream import SharedLog, Stream, StreamSettings
 
@@ -46,11 +50,6 @@ NAME_MAX = 255
 ROOT_INODE = 1
 
 N = TypeVar("N", bound="Node")
-
-
-def fail(code: int) -> OSError:
-    """The error a file system gives for ``code``; doors translate its errno."""
-    return OSError(code, os.strerror(code))
 
 
 @dataclass(eq=False)
@@ -156,6 +155,19 @@ class Namespace:
         except KeyError:
             raise fail(errno.ENOENT) from None
 
+    def resolve(self, names: list[bytes], identity: Identity | None = None) -> Node:
+        """The node at ``names`` below the root, walked as a path is: ENOTDIR
+        through a stream, ENOENT for a missing name, EACCES through a directory
+        that ``identity`` may not search."""
+        node: Node = self.root
+        for name in names:
+            if not isinstance(node, Directory):
+                raise fail(errno.ENOTDIR)
+            if identity is not None:
+                check(identity, Access.SEARCH, node)
+            node = self.child(node, name)
+        return node
+
     def path(self, node: Node) -> str:
         parts = []
         while node.parent is not None:
@@ -163,47 +175,152 @@ class Namespace:
             node = node.parent
         return "/" + os.fsdecode(b"/".join(reversed(parts)))
 
+    # -- who may ------------------------------------------------------------
+
+    @staticmethod
+    def open_check(identity: Identity | None, node: Node, read: bool, write: bool) -> None:
+        """EACCES unless ``identity`` may open ``node`` to read and/or write it."""
+        if identity is not None:
+            check(identity, Access.READ * read | Access.WRITE * write, node)
+
+    @staticmethod
+    def _check_create(identity: Identity, parent: Directory, name: bytes) -> None:
+        # Linux's order: search the directory, find the name taken, then may write.
+        check(identity, Access.SEARCH, parent)
+        if name in parent.entries:
+            raise fail(errno.EEXIST)
+        check(identity, Access.WRITE | Access.SEARCH, parent)
+
+    def _check_remove(self, identity: Identity, parent: Directory, name: bytes) -> Node:
+        """The node ``identity`` may unlink from ``parent``; EACCES, or EPERM by the sticky bit."""
+        check(identity, Access.SEARCH, parent)
+        node = self.child(parent, name)
+        check(identity, Access.WRITE | Access.SEARCH, parent)
+        check_sticky(identity, parent, node)
+        return node
+
+    def _check_rename(self, identity: Identity, old_parent: Directory, old_name: bytes,
+                      new_parent: Directory, new_name: bytes, replace: bool) -> None:
+        # Linux's order: both names found, a taken one refused (NOREPLACE), a
+        # name onto itself allowed, then the checks of rm and of create.
+        check(identity, Access.SEARCH, old_parent)
+        node = self.child(old_parent, old_name)
+        check(identity, Access.SEARCH, new_parent)
+        target = new_parent.entries.get(new_name)
+        if target is not None and not replace:
+            raise fail(errno.EEXIST)
+        if target is node:
+            return
+        self._check_remove(identity, old_parent, old_name)
+        if target is None:
+            self._check_create(identity, new_parent, new_name)
+        else:
+            self._check_remove(identity, new_parent, new_name)
+        if isinstance(node, Directory) and new_parent is not old_parent:
+            check(identity, Access.WRITE, node)  # its ".." changes
+
     # -- changing the tree ---------------------------------------------------
 
     async def create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
-                     uid: int, gid: int) -> N:
+                     uid: int, gid: int, *, identity: Identity | None = None) -> N:
         """A new directory or stream named ``name`` in ``parent``, owned by ``uid``."""
+        if identity is not None:
+            self._check_create(identity, parent, name)
         return await self._commit({"op": "create", "parent": parent.inode, "name": _text(name),
                                    "dir": kind is Directory, "mode": mode, "uid": uid,
                                    "gid": gid})
 
-    async def unlink(self, parent: Directory, name: bytes) -> None:
+    async def unlink(self, parent: Directory, name: bytes, *,
+                     identity: Identity | None = None) -> None:
         """Remove a stream: its readers drain what is queued, then get EOF."""
+        if identity is not None:
+            self._check_remove(identity, parent, name)
         await self._commit({"op": "unlink", "parent": parent.inode, "name": _text(name)})
 
-    async def rmdir(self, parent: Directory, name: bytes) -> None:
+    async def rmdir(self, parent: Directory, name: bytes, *,
+                    identity: Identity | None = None) -> None:
+        if identity is not None:
+            self._check_remove(identity, parent, name)
         await self._commit({"op": "rmdir", "parent": parent.inode, "name": _text(name)})
 
-    async def remove_tree(self, parent: Directory, name: bytes) -> None:
-        """rm -r: a stream, or a directory and all it holds."""
+    async def remove_tree(self, parent: Directory, name: bytes, *,
+                          identity: Identity | None = None) -> None:
+        """rm -r: a stream, or a directory and all it holds.
+
+        All or nothing: ``identity`` must be allowed to remove every node,
+        and to list, search and write every directory it empties, as rm -r must.
+        """
+        if identity is not None:
+            pending = [self._check_remove(identity, parent, name)]
+            while pending:  # a loop: trees may be deep
+                directory = pending.pop()
+                if isinstance(directory, Directory) and directory.entries:
+                    check(identity, Access.READ | Access.WRITE | Access.SEARCH, directory)
+                    for node in directory.entries.values():
+                        check_sticky(identity, directory, node)
+                        pending.append(node)
         await self._commit({"op": "remove_tree", "parent": parent.inode, "name": _text(name)})
 
     async def rename(self, old_parent: Directory, old_name: bytes, new_parent: Directory,
-                     new_name: bytes, *, replace: bool = True) -> None:
-        """Move a node; a stream replaced at the new name ends, as with rm."""
+                     new_name: bytes, *, replace: bool = True,
+                     identity: Identity | None = None) -> None:
+        """Move a node; a stream replaced at the new name ends, as with rm.
+
+        ``identity`` must be allowed to remove the old name, and to create
+        the new one or remove what it names; a directory that changes parent
+        must be writable too (its ".." changes), as Linux requires.
+        """
+        if identity is not None:
+            self._check_rename(identity, old_parent, old_name, new_parent, new_name, replace)
         await self._commit({"op": "rename", "parent": old_parent.inode, "name": _text(old_name),
                             "new_parent": new_parent.inode, "new_name": _text(new_name),
                             "replace": replace})
 
     async def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, atime_ns: int | None = None,
-                      mtime_ns: int | None = None) -> None:
+                      mtime_ns: int | None = None, touch: bool = False,
+                      identity: Identity | None = None) -> None:
         """chmod, chown and touch; the file type bits of ``mode`` are kept.
 
-        Nothing to set (a truncate, which a stream ignores) changes nothing.
+        ``touch`` sets both times to now, which anyone who may write may do;
+        explicit times only the owner or root. Nothing to set (a truncate,
+        which a stream ignores) changes nothing.
         """
+        now = time.time_ns()
+        if touch:
+            atime_ns = mtime_ns = now
         if all(value is None for value in (mode, uid, gid, atime_ns, mtime_ns)):
             return
+        if identity is not None:
+            mode = self._check_setattr(identity, node, mode, uid, gid,
+                                       times=atime_ns is not None or mtime_ns is not None,
+                                       touch=touch)
         await self._commit({"op": "setattr", "node": node.inode, "mode": mode, "uid": uid,
-                            "gid": gid, "atime": atime_ns, "mtime": mtime_ns})
+                            "gid": gid, "atime": atime_ns, "mtime": mtime_ns, "time": now})
+
+    @staticmethod
+    def _check_setattr(identity: Identity, node: Node, mode: int | None, uid: int | None,
+                       gid: int | None, times: bool, touch: bool) -> int | None:
+        """Linux's rules (may_setattr, setattr_prepare); returns the mode to set."""
+        is_root = identity.uid == 0
+        if touch and not owns(identity, node):
+            check(identity, Access.WRITE, node)
+        if uid is not None and not (is_root or identity.uid == node.uid == uid):
+            raise fail(errno.EPERM)  # giving a node away is root's alone
+        if gid is not None and not (is_root or identity.uid == node.uid
+                                    and (gid == node.gid or gid in identity.gids)):
+            raise fail(errno.EPERM)
+        if mode is not None:
+            if not owns(identity, node):
+                raise fail(errno.EPERM)
+            if not is_root and (node.gid if gid is None else gid) not in identity.gids:
+                mode &= ~stat.S_ISGID  # as Linux: no setgid for a group one is not in
+        if times and not touch and not owns(identity, node):
+            raise fail(errno.EPERM)
+        return mode
 
     async def _commit(self, event: Event) -> Any:
-        event["time"] = time.time_ns()
+        event.setdefault("time", time.time_ns())
         if self.store is None:
             return self.apply(event)
         return await self.store.commit(event)

@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 
+from streamfs_fuse.access import NOBODY, Identity
 from streamfs_fuse.namespace import NAME_MAX, Directory, Namespace, StreamFile
 from streamfs_fuse.stream import StreamSettings
 
@@ -94,3 +95,16 @@ async def test_remove_tree_removes_everything_under_a_name_without_recursion(ns)
     await ns.remove_tree(ns.root, b"top")
     assert ns.root.entries == {} and not top.linked
     assert all(s.stream.closed for s in streams) and len(ns.nodes) == 1
+
+
+async def test_resolve_walks_a_path_as_a_file_system_does(ns):
+    cams = await ns.create(Directory, ns.root, b"cams", 0o700, 1000, 1000)
+    front = await ns.create(StreamFile, cams, b"front", 0o644, 1000, 1000)
+    assert ns.resolve([]) is ns.root and ns.resolve([b"cams", b"front"]) is front
+    assert ns.resolve([b"cams", b"..", b"cams", b".", b"front"]) is front
+    await refused(errno.ENOENT, ns.resolve, [b"cams", b"back"])
+    await refused(errno.ENOTDIR, ns.resolve, [b"cams", b"front", b"x"])
+    # Searching cams is its owner's alone; without an identity nothing is checked.
+    assert ns.resolve([b"cams", b"front"], Identity(1000, frozenset())) is front
+    await refused(errno.EACCES, ns.resolve, [b"cams", b"front"], NOBODY)
+    assert ns.resolve([b"cams"], NOBODY) is cams  # the last name needs no search
