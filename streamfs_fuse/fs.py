@@ -36,6 +36,7 @@ import trio
 from .access import Identity, check_owner
 from .budget import physical_memory
 from .interrupts import SignalWatch
+from .logs import RepeatedLog
 from .reader import Reader, ReaderDisconnected
 from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, StreamFile
 from .stream import SlowReaderPolicy, StreamClosed, Writer
@@ -88,21 +89,16 @@ class Listing:
     offsets: list[int] = field(default_factory=list)
 
 
-#: Unexpected failures already logged, by operation and exception type.
-_logged_failures: set[tuple[str, type]] = set()
+failures = RepeatedLog(log)
 
 
 def failed(operation: str, error: Exception) -> pyfuse3.FUSEError:
-    """An operation failed unexpectedly: log it once, with its traceback, and answer EIO.
+    """An operation failed unexpectedly: log it (rate-limited), with its traceback, and answer EIO.
 
     pyfuse3 ends the whole mount when a handler raises anything but
     FUSEError, which would take every stream of every user with it.
     """
-    key = (operation, type(error))
-    if key not in _logged_failures:
-        _logged_failures.add(key)
-        log.error("%s failed (answered EIO; further such failures are not logged)",
-                  operation, exc_info=error)
+    failures.error("%s failed (answered EIO)", operation, exc_info=error)
     return pyfuse3.FUSEError(errno.EIO)
 
 

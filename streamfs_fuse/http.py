@@ -395,7 +395,7 @@ class HTTPDoor:
         listeners = []
         for address in self.settings.addresses:
             if isinstance(address, str):
-                listeners.append(unix_listener(address))
+                listeners.append(await unix_listener(address))
             else:
                 host, port = address
                 listeners.extend(await trio.open_tcp_listeners(port, host=host))
@@ -562,7 +562,7 @@ def peer_identity(sock: trio.SocketStream) -> Identity:
         return Identity(uid, frozenset({gid}))
 
 
-def unix_listener(path: str) -> trio.SocketListener:
+async def unix_listener(path: str) -> trio.SocketListener:
     """A Unix socket at ``path`` that anyone may connect to (mode 0666).
 
     Each request on it acts as the peer's own uid and groups, so the mode
@@ -573,11 +573,7 @@ def unix_listener(path: str) -> trio.SocketListener:
     except FileNotFoundError:
         pass
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o111)
-    try:
-        sock._sock.bind(path)
-    finally:
-        os.umask(old)
+    await sock.bind(path)
     os.chmod(path, 0o666)
     sock.listen(512)
     return trio.SocketListener(sock)
