@@ -503,8 +503,7 @@ class StreamFS(pyfuse3.Operations):
             policy = SlowReaderPolicy(value.decode().strip())
         except (UnicodeDecodeError, ValueError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        node.stream.set_policy(policy)
-        node.ctime_ns = time.time_ns()
+        await self.namespace.set_policy(node, policy)
 
     async def removexattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -36,9 +36,9 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from .access import Access, Identity, check, check_sticky, fail, owns
+from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
-from .stream import SharedLog, Stream, StreamSettings
+from .stream import SharedLog, SlowReaderPolicy, Stream, StreamSettings
 
 __all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile", "TreeStore",
            "fail"]
@@ -276,6 +276,19 @@ class Namespace:
                             "new_parent": new_parent.inode, "new_name": _text(new_name),
                             "replace": replace})
 
+    async def set_policy(self, node: Node, policy: SlowReaderPolicy, *,
+                         identity: Identity | None = None) -> None:
+        """Change a stream's slow-reader policy: an event, so a shared stream has one everywhere.
+
+        The owner or root may, and only with WRITE (through FUSE it is an
+        extended attribute, whose WRITE the kernel checks).
+        """
+        if not isinstance(node, StreamFile):
+            raise fail(errno.ENOTSUP)
+        if identity is not None:
+            check_set_settings(identity, node)
+        await self._commit({"op": "settings", "node": node.inode, "slow_reader": policy.value})
+
     async def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, atime_ns: int | None = None,
                       mtime_ns: int | None = None, touch: bool = False,
@@ -334,6 +347,8 @@ class Namespace:
         op = event["op"]
         if op == "setattr":
             return self._setattr(self.node(event["node"]), event)
+        if op == "settings":
+            return self._settings(self.node(event["node"]), event)
         parent = self.directory(event["parent"])
         name = _bytes(event["name"])
         if op == "create":
@@ -350,6 +365,12 @@ class Namespace:
             return self._rename(parent, name, self.directory(event["new_parent"]),
                                 _bytes(event["new_name"]), event["replace"])
         raise fail(errno.EINVAL)
+
+    def _settings(self, node: Node, event: Event) -> None:
+        if not isinstance(node, StreamFile):
+            raise fail(errno.EINVAL)
+        node.stream.set_policy(SlowReaderPolicy(event["slow_reader"]))
+        node.ctime_ns = self._now
 
     def _create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
                 uid: int, gid: int, inode: int) -> N:
@@ -502,9 +523,10 @@ class Namespace:
         while pending:
             directory = pending.pop()
             for node in directory.entries.values():
+                policy = node.stream.policy.value if isinstance(node, StreamFile) else None
                 rows.append([node.inode, directory.inode, _text(node.name),
                              isinstance(node, Directory), node.mode, node.uid, node.gid,
-                             node.atime_ns, node.mtime_ns, node.ctime_ns])
+                             node.atime_ns, node.mtime_ns, node.ctime_ns, policy])
                 if isinstance(node, Directory):
                     pending.append(node)
         return rows
@@ -517,9 +539,11 @@ class Namespace:
     def restore(self, rows: list[list]) -> None:
         """Rebuild an empty tree from :meth:`snapshot` rows, with their inode numbers."""
         times = []
-        for inode, parent, name, is_dir, mode, uid, gid, atime, mtime, ctime in rows:
+        for inode, parent, name, is_dir, mode, uid, gid, atime, mtime, ctime, *policy in rows:
             kind = Directory if is_dir else StreamFile
             node = self._create(kind, self.directory(parent), _bytes(name), mode, uid, gid, inode)
+            if policy and policy[0] is not None:  # older snapshots have no policy
+                node.stream.set_policy(SlowReaderPolicy(policy[0]))
             times.append((node, atime, mtime, ctime))
         for node, atime, mtime, ctime in times:  # after linking children changed them
             node.atime_ns, node.mtime_ns, node.ctime_ns = atime, mtime, ctime

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from streamfs_fuse.fs import READER_DISCONNECTED_ERRNO, StreamFS
+from streamfs_fuse.fs import READER_DISCONNECTED_ERRNO, StreamFS, failures
 from streamfs_fuse.namespace import Namespace
 from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
 
@@ -245,7 +245,8 @@ async def test_readdir_lists_entries_once_each(monkeypatch):
     assert [name for name, _ in listed][2:] == [b"s0", b"s1", b"s2", b"s3", b"new"]
 
 
-async def test_an_unexpected_failure_is_eio_and_logged_once(caplog):
+async def test_an_unexpected_failure_is_eio_and_logged_once_a_minute(caplog):
+    failures._seen.clear()  # what earlier tests logged
     fs = make_fs()
     _, inode = await create(fs, b"live")
 
@@ -258,7 +259,15 @@ async def test_an_unexpected_failure_is_eio_and_logged_once(caplog):
             await fs.getattr(inode, ctx())
         assert fuse_errno(raised) == errno.EIO
     await fs.forget([(inode, 1)])  # forget may not raise, even EIO
-    assert [r.message for r in caplog.records].count(
-        "getattr failed (answered EIO; further such failures are not logged)") == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("getattr failed (answered EIO)") == 1
+    # The repeats are reported once their minute is over; another message is not hidden.
+    assert "forget failed (answered EIO)" in messages
+    failures.flush()  # the minute is not over: nothing yet
+    for seen in failures._seen.values():
+        seen[0] -= failures.interval
+    failures.flush()
+    assert "2 more like this in 60 s: getattr failed (answered EIO) (RuntimeError)" in [
+        r.getMessage() for r in caplog.records]
     del fs._attributes, fs.namespace.release
     assert (await fs.getattr(inode, ctx())).st_ino == inode
