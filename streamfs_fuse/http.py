@@ -126,6 +126,8 @@ class Exchange:
         self.body_timeout = body_timeout
         #: Set when the connection must close after this answer.
         self.close_after = False
+        #: The status answered, once the answer has started (for the log).
+        self.status: int | None = None
 
     @property
     def method(self) -> bytes:
@@ -245,6 +247,7 @@ class Exchange:
             headers.append((b"content-type", kind))
         headers.append((b"content-length", b"%d" % len(body)))
         send = self.conn.send
+        self.status = status
         out = send(response(status, headers))
         if body and self.method != b"HEAD":
             out += send(h11.Data(data=body))
@@ -275,6 +278,7 @@ class Exchange:
         without its last chunk, so the client sees it incomplete.
         """
         conn, sock = self.conn, self.sock
+        self.status = 200
         await sock.send_all(conn.send(response(200, self._headers(headers))))
         if self.method == b"HEAD":
             await sock.send_all(conn.send(h11.EndOfMessage()))
@@ -524,6 +528,10 @@ class HTTPDoor:
             await exchange.error(e.error_status_hint, str(e))
         finally:
             self.active -= 1
+            if log.isEnabledFor(logging.INFO):
+                log.info("HTTP %s %s as uid %d: %s", request.method.decode(errors="replace"),
+                         request.target.decode(errors="replace"), exchange.identity.uid,
+                         exchange.status or "no answer")
         if conn.our_state is h11.MUST_CLOSE or exchange.close_after:
             return False
         return conn.our_state is h11.DONE and await exchange.drain()
