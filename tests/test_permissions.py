@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
 from conftest import Mount, require_fuse
 from streamfs_fuse.access import NOBODY, ROOT, Access, Identity, check, check_set_settings
@@ -367,3 +368,160 @@ def test_identities_of_users_and_processes():
     # Gone: the user database, and the gid the request came with.
     assert Identity.of_process(child.pid, STRANGER_UID, 5) == Identity(STRANGER_UID,
                                                                        frozenset({5}))
+
+
+# -- FUSE: the kernel decides, as the row's identity ------------------------------
+
+# Runs as one identity: executes one request per line of JSON on stdin and
+# answers each with "ok" or the errno's name.
+WORKER = r"""
+import errno, json, os, sys
+def run(call, *args):
+    if call == "open":
+        fd = os.open(args[0], args[1], 0o644)
+        try:
+            if args[1] & os.O_ACCMODE == os.O_WRONLY:
+                os.write(fd, b"x")
+        finally:
+            os.close(fd)
+    elif call == "utime":
+        os.utime(args[0], None if args[1] is None else tuple(args[1]))
+    elif call == "setxattr":
+        os.setxattr(args[0], args[1], args[2].encode())
+    else:
+        getattr(os, call)(*args)
+for line in sys.stdin:
+    try:
+        run(*json.loads(line))
+        print("ok", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+"""
+
+
+class FuseTable:
+    """A mount with ``-o allow_other`` holding every row's nodes, and a worker per identity."""
+
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
+        self.workers: dict[Identity, subprocess.Popen] = {}
+
+    def build(self, case: Case) -> None:
+        """Make the row's nodes as root, with chown and chmod."""
+        top = self.mount / CASE_DIRS[case]
+        os.mkdir(top)
+        os.mkdir(top / "e")
+        os.chmod(top / "e", 0o777)
+        parent, node = top / "d", top / "d" / "n"
+        os.mkdir(parent)
+        if case.op in DIRECTORY_OPERATIONS:
+            os.mkdir(node)
+            if case.op == "traverse":
+                (node / "inner").touch()
+        else:
+            node.touch()
+        os.chown(node, case.node[0], case.node[1])
+        os.chmod(node, case.node[2])
+        (parent / "mine").touch()
+        os.chown(parent / "mine", case.who.uid, primary_gid(case.who))
+        os.chmod(parent / "mine", 0o644)
+        os.chown(parent, case.parent[0], case.parent[1])
+        os.chmod(parent, case.parent[2])
+
+    def worker(self, who: Identity) -> subprocess.Popen:
+        if who not in self.workers:
+            self.workers[who] = self.mount.spawn(
+                ["setpriv", f"--reuid={who.uid}", f"--regid={primary_gid(who)}",
+                 "--groups=" + ",".join(map(str, sorted(who.gids))),
+                 sys.executable, "-c", WORKER], stdin=subprocess.PIPE, text=True, cwd="/")
+        return self.workers[who]
+
+    def request(self, who: Identity, *call) -> str:
+        worker = self.worker(who)
+        worker.stdin.write(json.dumps(call) + "\n")
+        worker.stdin.flush()
+        answer = worker.stdout.readline().strip()
+        assert answer, f"the worker of uid {who.uid} died: {worker.stderr.read()}"
+        return answer
+
+
+def fuse_request(case: Case, top: Path) -> tuple:
+    """The system call that does the row's operation, as the worker takes it."""
+    d, n = top / "d", str(top / "d" / "n")
+    return {
+        "read": ("open", n, os.O_RDONLY | os.O_NONBLOCK),
+        "append": ("open", n, os.O_WRONLY | os.O_APPEND),
+        "create": ("open", str(d / "new"), os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+        "mkdir": ("mkdir", str(d / "new")),
+        "unlink": ("unlink", n),
+        "rmdir": ("rmdir", n),
+        "rename": ("rename", n, str(d / "new")),
+        "rename_over": ("rename", str(d / "mine"), n),
+        "move_dir": ("rename", n, str(top / "e" / "n")),
+        "chmod": ("chmod", n, 0o600),
+        "chown": ("chown", n, STRANGER_UID, -1),
+        "chown_same": ("chown", n, case.node[0], -1),
+        "chgrp_team": ("chown", n, -1, TEAM),
+        "chgrp_foreign": ("chown", n, -1, STRANGER_GID),
+        "utime": ("utime", n, [1, 1]),
+        "touch": ("utime", n, None),
+        "policy": ("setxattr", n, "user.streamfs.slow_reader", "drop"),
+        "list": ("listdir", n),
+        "traverse": ("stat", n + "/inner"),
+    }[case.op]
+
+
+@pytest.fixture(scope="module")
+def fuse_table():
+    """One mount for the whole table: every row has its own directory in it."""
+    require_fuse()
+    if os.geteuid() != 0:
+        pytest.skip("acting as other users needs root")
+    base = Path(tempfile.mkdtemp(prefix="streamfs-perm-"))
+    try:
+        os.chmod(base, 0o755)  # others must reach the mount
+        (base / "mnt").mkdir()
+        mount = Mount(base / "mnt", base / "mnt.log", ["-o", "allow_other"])
+        try:
+            table = FuseTable(mount)
+            for case in CASES:
+                table.build(case)
+            yield table
+            assert "Traceback" not in mount.log()
+        finally:
+            mount.close()
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def outcome_fuse(case: Case, table: FuseTable) -> str:
+    """What the kernel answers the row's identity through the mount: "ok", or the errno's name."""
+    return table.request(case.who, *fuse_request(case, table.mount / CASE_DIRS[case]))
+
+
+def run_fuse(case: Case, table: FuseTable) -> bool:
+    return outcome_fuse(case, table) == "ok"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fuse(case, fuse_table):
+    """The kernel and the core give every row the same answer, errno included."""
+    fuse = outcome_fuse(case, fuse_table)
+    assert (fuse == "ok") == case.allowed, fuse
+    assert fuse == trio.run(outcome_core, case)
+
+
+def test_fuse_chmod_drops_setgid_as_the_core_does(fuse_table):
+    """The kernel clears S_ISGID when a non-root owner is not in the group: so does the core
+    (test_chmod_drops_setgid_for_a_group_the_owner_is_not_in); and workers are who they say."""
+    top = fuse_table.mount / "setgid"
+    os.mkdir(top)
+    os.chmod(top, 0o777)
+    for who, kept in [(OWNER, False), (SUPPLEMENTARY, True)]:
+        path = top / str(who.uid)
+        assert fuse_table.request(who, "open", str(path), os.O_WRONLY | os.O_CREAT) == "ok"
+        made = os.stat(path)
+        assert (made.st_uid, made.st_gid) == (who.uid, primary_gid(who))
+        os.chown(path, who.uid, TEAM)
+        assert fuse_table.request(who, "chmod", str(path), 0o2640) == "ok"
+        assert stat.S_IMODE(os.stat(path).st_mode) == (0o2640 if kept else 0o640)
