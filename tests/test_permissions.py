@@ -2,9 +2,10 @@
 
 Each row names an identity, an operation, the node it acts on (owner, group,
 mode) and the directory holding it (owner, group, mode, sticky bit), and
-whether Linux allows it. A path is a function ``run_<path>(case) -> bool`` (or
-an ``outcome_<path>`` giving "ok" or the errno's name); each is parametrized
-over :data:`CASES`, so every row must agree between every path. The FUSE path
+whether Linux allows it. A path is a function ``run_<path>(case, ...) -> bool``
+(``run_core(case)``, ``run_fuse(case, table)``; ``outcome_<path>`` gives "ok" or
+the errno's name) whose test is parametrized over :data:`CASES`, so every row
+must agree between every path. The FUSE path
 runs each operation as the row's identity through a real mount with
 ``-o allow_other``, where the kernel decides (``default_permissions``): it is
 the reference the core is held to, errno included.
