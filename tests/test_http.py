@@ -1,9 +1,11 @@
 """The HTTP door against a real daemon, with real clients: curl, ffmpeg, raw sockets.
 
 Every test mounts with ``--http 127.0.0.1:PORT`` on a free port and waits
-until the port accepts connections. Synchronisation is on the daemon's own
-figures (the xattrs count HTTP readers as the core readers they are), never
-on sleeps.
+until the port accepts connections. The mounts serve with ``--http-token`` on
+a token file that root owns, and the helpers send the token, so requests act
+as root unless a test says otherwise (``token=None``: anonymous, as nobody).
+Synchronisation is on the daemon's own figures (the xattrs count HTTP readers
+as the core readers they are), never on sleeps.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
-from conftest import (DAEMON, REQUIRE_MOUNT, accepts, free_port, require_fuse, wait_parked,
-                      wait_until, xattr)
+from conftest import (DAEMON, REQUIRE_MOUNT, accepts, as_user, free_port, require_fuse,
+                      wait_parked, wait_until, xattr)
 from streamfs_fuse.mount import is_mounted
 
 # -- helpers ------------------------------------------------------------------
@@ -32,17 +37,50 @@ from streamfs_fuse.mount import is_mounted
 until = partial(wait_until, timeout=30.0)
 
 
-def http_mount(mount_with, *args):
-    """A mount serving HTTP on a free loopback port: (mount, port)."""
-    port = free_port()
-    mnt = mount_with("--http", f"127.0.0.1:{port}", *args)
-    until(lambda: accepts(port) or mnt.daemon.poll() is not None, what="the HTTP port")
-    assert mnt.daemon.poll() is None, mnt.log()
-    return mnt, port
+#: The token the mounts below serve with; a request carrying it acts as the token file's owner.
+TOKEN = "streamfs-test-token"
+#: The header that carries it, for curl and ffmpeg, and as a line of a raw request.
+AUTH = f"Authorization: Bearer {TOKEN}"
+AUTH_LINE = AUTH.encode() + b"\r\n"
 
 
-def call(port, method, path, body=None, headers=None, timeout=10):
-    """One request with http.client: (status, headers as a lowercased dict, body)."""
+def write_token(directory: Path, owner: int = 0, mode: int = 0o600) -> Path:
+    """A token file holding :data:`TOKEN`, owned by ``owner``."""
+    path = directory / f"token-{owner}"
+    path.write_text(TOKEN + "\n")
+    path.chmod(mode)
+    os.chown(path, owner, -1)
+    return path
+
+
+@pytest.fixture
+def http_mount(mount_with, tmp_path):
+    """Start a mount serving HTTP on a free loopback port: ``(mount, port)``.
+
+    It serves with ``--http-token`` on a token file that ``token_owner`` (root)
+    owns, so requests with :data:`TOKEN` act as root; ``token=False`` serves
+    without one.
+    """
+
+    def start(*args, token=True, token_owner=0, host="127.0.0.1"):
+        port = free_port()
+        if token:
+            args = ("--http-token", str(write_token(tmp_path, token_owner)), *args)
+        mnt = mount_with("--http", f"{host}:{port}", *args)
+        until(lambda: accepts(port) or mnt.daemon.poll() is not None, what="the HTTP port")
+        assert mnt.daemon.poll() is None, mnt.log()
+        return mnt, port
+
+    return start
+
+
+def call(port, method, path, body=None, headers=None, timeout=10, token=TOKEN):
+    """One request with http.client: (status, headers as a lowercased dict, body).
+
+    It carries ``token`` as a bearer token; ``token=None`` sends none (anonymous).
+    """
+    if token is not None:
+        headers = {"Authorization": f"Bearer {token}", **(headers or {})}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -112,8 +150,11 @@ def read_to_end(sock, initial=b"", timeout=20.0) -> tuple[bytes, bool]:
     return b"".join(chunks), False
 
 
-def open_get(port, path, rcvbuf=None, extra=b""):
-    """A raw GET with Connection: close, its head read: (socket, status, headers, rest)."""
+def open_get(port, path, rcvbuf=None, extra=AUTH_LINE):
+    """A raw GET with Connection: close, its head read: (socket, status, headers, rest).
+
+    ``extra`` is header lines to send; by default the token's.
+    """
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -135,8 +176,14 @@ def raw_exchange(port, request: bytes, shut=False, timeout=10.0) -> bytes:
         return data
 
 
-def curl(*args, **kwargs):
-    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=30, **kwargs)
+def curl_command(*args, token=TOKEN) -> list[str]:
+    """curl, quiet but for errors, carrying ``token`` unless it is None."""
+    return ["curl", "-sS", *(["-H", f"Authorization: Bearer {token}"] if token else []), *args]
+
+
+def curl(*args, token=TOKEN, **kwargs):
+    return subprocess.run(curl_command(*args, token=token), capture_output=True, timeout=30,
+                          **kwargs)
 
 
 def serving(port) -> bool:
@@ -156,8 +203,8 @@ def tools():
 # -- 1. curl: upload, stream, end ---------------------------------------------
 
 
-def test_curl_uploads_stream_history_then_live_and_rm_ends_readers(tools, mount_with, tmp_path):
-    mnt, port = http_mount(mount_with)
+def test_curl_uploads_stream_history_then_live_and_rm_ends_readers(tools, http_mount, tmp_path):
+    mnt, port = http_mount()
     url = f"http://127.0.0.1:{port}"
     a = mnt / "a.txt"
 
@@ -166,7 +213,7 @@ def test_curl_uploads_stream_history_then_live_and_rm_ends_readers(tools, mount_
     assert made.returncode == 0 and made.stdout == b"201", made
     assert xattr(a, "bytes_written") == 6
 
-    readers = [mnt.spawn(["curl", "-sSN", f"{url}/a.txt"]) for _ in range(2)]
+    readers = [mnt.spawn(curl_command("-N", f"{url}/a.txt")) for _ in range(2)]
     until(lambda: xattr(a, "readers") == 2, what="two curl readers")
 
     posted = curl("-X", "POST", "--data-binary", "world ", "-w", "%{http_code}",
@@ -186,7 +233,7 @@ def test_curl_uploads_stream_history_then_live_and_rm_ends_readers(tools, mount_
 
     # The same with DELETE over HTTP ending the reader.
     assert curl("-X", "PUT", "--data-binary", "one ", f"{url}/b.log").returncode == 0
-    reader = mnt.spawn(["curl", "-sSN", f"{url}/b.log"])
+    reader = mnt.spawn(curl_command("-N", f"{url}/b.log"))
     until(lambda: xattr(mnt / "b.log", "readers") == 1, what="the curl reader")
     assert curl("-X", "PUT", "--data-binary", "two", f"{url}/b.log").returncode == 0
     deleted = curl("-X", "DELETE", "-w", "%{http_code}", f"{url}/b.log")
@@ -196,9 +243,9 @@ def test_curl_uploads_stream_history_then_live_and_rm_ends_readers(tools, mount_
     assert out == b"one two"
 
 
-def test_http_delete_is_seen_by_the_mount_at_once(mount_with):
+def test_http_delete_is_seen_by_the_mount_at_once(http_mount):
     """After DELETE over HTTP the mount must not show the name, and it can be reused at once."""
-    mnt, port = http_mount(mount_with)
+    mnt, port = http_mount()
     b = mnt / "b"
     assert call(port, "PUT", "/b", body=b"old")[0] == 201
     assert b.stat().st_size == 3  # the kernel now has b's entry cached
@@ -210,12 +257,12 @@ def test_http_delete_is_seen_by_the_mount_at_once(mount_with):
     assert xattr(b, "bytes_written") == 3
 
 
-def test_stream_removed_during_upload_is_410(mount_with):
-    mnt, port = http_mount(mount_with)
+def test_stream_removed_during_upload_is_410(http_mount):
+    mnt, port = http_mount()
     up = mnt / "up"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nfirst\r\n")
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE
+                     + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         until(lambda: up.exists() and xattr(up, "bytes_written") == 5, what="first chunk")
         up.unlink()
         sock.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
@@ -241,8 +288,8 @@ def check_contiguous(data: bytes, last: int) -> int:
     return first
 
 
-def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, mount_with, tmp_path):
-    mnt, port = http_mount(mount_with, "--slow-reader=block", "--ring-buffer-size=1MB")
+def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, http_mount, tmp_path):
+    mnt, port = http_mount("--slow-reader=block", "--ring-buffer-size=1MB")
     url = f"http://127.0.0.1:{port}"
     count = 512 * 1024  # 4 MiB of counters
     data = seq(count)
@@ -253,7 +300,7 @@ def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, mount_with, t
     f2h = mnt / "f2h"
     f2h.touch()
     out = tmp_path / "f2h.out"
-    reader = mnt.spawn(["curl", "-sSN", "-o", str(out), f"{url}/f2h"])
+    reader = mnt.spawn(curl_command("-N", "-o", str(out), f"{url}/f2h"))
     until(lambda: xattr(f2h, "readers") == 1, what="the HTTP reader")
     writer = mnt.spawn(["dd", f"if={source}", f"of={f2h}", "bs=64K", "status=none"])
     assert writer.wait(30) == 0, writer.stderr.read()
@@ -270,7 +317,8 @@ def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, mount_with, t
         cat = mnt.spawn(["cat", str(h2f)], stdout=sink)
     wait_parked(h2f, 1)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"PUT /h2f HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"PUT /h2f HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE
+                     + b"Transfer-Encoding: chunked\r\n\r\n")
         for i in range(0, len(data), 100_000):  # pieces that cut counters apart
             piece = data[i:i + 100_000]
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -298,7 +346,7 @@ def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, mount_with, t
     writer = mnt.spawn([sys.executable, "-c", script], stdin=subprocess.PIPE)
     assert writer.stdout.readline() == b"ready\n"
     out = tmp_path / "late.out"
-    reader = mnt.spawn(["curl", "-sSN", "-o", str(out), f"{url}/late"])
+    reader = mnt.spawn(curl_command("-N", "-o", str(out), f"{url}/late"))
     until(lambda: xattr(late, "readers") == 1, what="the late HTTP reader")
     writer.stdin.write(b"go\n")
     writer.stdin.flush()
@@ -316,13 +364,17 @@ def test_sequence_fuse_to_http_http_to_fuse_and_late_joiner(tools, mount_with, t
 # -- 3. ffmpeg as an HTTP source and viewer -----------------------------------
 
 
+#: ffmpeg's and ffprobe's option that sends the token, before the URL it applies to.
+FFMPEG_AUTH = ["-headers", f"{AUTH}\r\n"]
+
+
 def frames(stderr: str) -> int:
     counts = re.findall(r"frame=\s*(\d+)", stderr)
     assert counts, f"no frame count in ffmpeg's output: {stderr!r}"
     return int(counts[-1])
 
 
-def test_ffmpeg_source_and_viewer_over_http(tools, mount_with, tmp_path):
+def test_ffmpeg_source_and_viewer_over_http(tools, http_mount, tmp_path):
     clip = tmp_path / "clip.ts"
     subprocess.run(
         ["ffmpeg", "-y", "-hide_banner", "-v", "error",
@@ -330,7 +382,7 @@ def test_ffmpeg_source_and_viewer_over_http(tools, mount_with, tmp_path):
          "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
          "-c:v", "mpeg2video", "-b:v", "1M", "-c:a", "mp2", "-f", "mpegts", str(clip)],
         check=True, timeout=60)
-    mnt, port = http_mount(mount_with)
+    mnt, port = http_mount()
     url = f"http://127.0.0.1:{port}/live.ts"
     live = mnt / "live.ts"
 
@@ -341,15 +393,16 @@ def test_ffmpeg_source_and_viewer_over_http(tools, mount_with, tmp_path):
     assert headers["transfer-encoding"] == "chunked"
     until(lambda: xattr(live, "readers") == 0, what="the probe GET to go")
 
-    viewer = mnt.spawn(["ffmpeg", "-hide_banner", "-v", "error", "-stats", "-i", url,
+    viewer = mnt.spawn(["ffmpeg", "-hide_banner", "-v", "error", "-stats", *FFMPEG_AUTH, "-i", url,
                         "-f", "null", "-"], text=True)
     until(lambda: xattr(live, "readers") == 1, what="the ffmpeg viewer")
     source = mnt.spawn(["ffmpeg", "-hide_banner", "-v", "error", "-re", "-i", str(clip),
-                        "-c", "copy", "-f", "mpegts", "-method", "PUT", url], text=True)
+                        "-c", "copy", "-f", "mpegts", "-method", "PUT", *FFMPEG_AUTH, url],
+                       text=True)
     until(lambda: xattr(live, "writers") == 1 and xattr(live, "bytes_written") > 0,
                what="the ffmpeg source's first bytes")
     # A clip shorter than ffprobe's default 5 s of analysis would leave it waiting for more.
-    probe = subprocess.run(["ffprobe", "-v", "error", "-analyzeduration", "1M",
+    probe = subprocess.run(["ffprobe", "-v", "error", "-analyzeduration", "1M", *FFMPEG_AUTH,
                             "-show_entries", "stream=codec_type", "-of", "default=nw=1:nk=1",
                             url], capture_output=True, text=True, timeout=20)
     assert source.poll() is None, "the source ended before ffprobe was done"
@@ -367,13 +420,13 @@ def test_ffmpeg_source_and_viewer_over_http(tools, mount_with, tmp_path):
 # -- 4. 1,000 concurrent HTTP readers -----------------------------------------
 
 
-def test_thousand_http_readers(mount_with):
-    mnt, port = http_mount(mount_with)
+def test_thousand_http_readers(http_mount):
+    mnt, port = http_mount()
     fan = mnt / "fan"
     fan.touch()
     socks = []
     try:
-        request = b"GET /fan HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        request = b"GET /fan HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + AUTH_LINE + b"\r\n"
         for _ in range(1000):
             s = socket.create_connection(("127.0.0.1", port), timeout=20)
             s.sendall(request)
@@ -416,8 +469,8 @@ def test_thousand_http_readers(mount_with):
 # -- 5. a client that goes away frees its reader ------------------------------
 
 
-def test_disconnecting_client_frees_its_reader_at_once(mount_with):
-    mnt, port = http_mount(mount_with)
+def test_disconnecting_client_frees_its_reader_at_once(http_mount):
+    mnt, port = http_mount()
     idle = mnt / "idle"
     idle.touch()
     sock, status, _, _ = open_get(port, "/idle")
@@ -437,8 +490,8 @@ def stalled_reader(port, path):
     return sock, rest
 
 
-def test_slow_http_reader_drop(mount_with, tmp_path):
-    mnt, port = http_mount(mount_with, "--slow-reader=drop", "--channel-buffer-size=256KB")
+def test_slow_http_reader_drop(http_mount, tmp_path):
+    mnt, port = http_mount("--slow-reader=drop", "--channel-buffer-size=256KB")
     s = mnt / "s"
     s.touch()
     sock, _ = stalled_reader(port, "/s")
@@ -453,8 +506,8 @@ def test_slow_http_reader_drop(mount_with, tmp_path):
         sock.close()
 
 
-def test_slow_http_reader_disconnect(mount_with, tmp_path):
-    mnt, port = http_mount(mount_with, "--slow-reader=disconnect", "--channel-buffer-size=256KB")
+def test_slow_http_reader_disconnect(http_mount, tmp_path):
+    mnt, port = http_mount("--slow-reader=disconnect", "--channel-buffer-size=256KB")
     s = mnt / "s"
     s.touch()
     sock, rest = stalled_reader(port, "/s")
@@ -473,8 +526,8 @@ def test_slow_http_reader_disconnect(mount_with, tmp_path):
         sock.close()
 
 
-def test_slow_http_reader_block(mount_with, tmp_path):
-    mnt, port = http_mount(mount_with, "--slow-reader=block", "--channel-buffer-size=256KB")
+def test_slow_http_reader_block(http_mount, tmp_path):
+    mnt, port = http_mount("--slow-reader=block", "--channel-buffer-size=256KB")
     count = 2 * 1024 * 1024  # 16 MiB of counters
     source = tmp_path / "seq.bin"
     source.write_bytes(seq(count))
@@ -506,10 +559,10 @@ def test_slow_http_reader_block(mount_with, tmp_path):
 # -- 7. SIGTERM ends HTTP readers cleanly -------------------------------------
 
 
-def test_sigterm_ends_http_readers_cleanly(tools, mount_with):
-    mnt, port = http_mount(mount_with)
+def test_sigterm_ends_http_readers_cleanly(tools, http_mount):
+    mnt, port = http_mount()
     assert call(port, "PUT", "/t", body=b"before ")[0] == 201
-    readers = [mnt.spawn(["curl", "-sSN", f"http://127.0.0.1:{port}/t"]) for _ in range(2)]
+    readers = [mnt.spawn(curl_command("-N", f"http://127.0.0.1:{port}/t")) for _ in range(2)]
     until(lambda: xattr(mnt / "t", "readers") == 2, what="the curl readers")
     assert call(port, "POST", "/t", body=b"after")[0] == 200
     wait_parked(mnt / "t", 2)
@@ -523,8 +576,8 @@ def test_sigterm_ends_http_readers_cleanly(tools, mount_with):
 # -- 8. bad input -------------------------------------------------------------
 
 
-def test_bad_requests(tools, mount_with):
-    mnt, port = http_mount(mount_with)
+def test_bad_requests(tools, http_mount):
+    mnt, port = http_mount()
     url = f"http://127.0.0.1:{port}"
 
     # A slowloris: half a request line, then nothing.
@@ -563,17 +616,26 @@ def test_bad_requests(tools, mount_with):
         assert serving(port)
         assert time.monotonic() - slow_since < 10
 
-        bad_chunk = raw_exchange(port, b"PUT /bad HTTP/1.1\r\nHost: t\r\n"
-                                       b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
+        bad_chunk = raw_exchange(port, b"PUT /bad HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE
+                                 + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
         assert bad_chunk.startswith(b"HTTP/1.1 400"), bad_chunk
         error_of(bad_chunk.split(b"\r\n\r\n", 1)[1])
         assert serving(port)
 
-        short = raw_exchange(port, b"PUT /short HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n"
-                                   b"\r\nonly a little", shut=True)
+        # A body cut short: the chunks that arrived whole are kept and the writer
+        # is closed; a Content-Length body that never arrives whole makes nothing.
+        short = raw_exchange(port, b"PUT /short HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE
+                             + b"Transfer-Encoding: chunked\r\n\r\n5\r\nwhole\r\n3\r\nha",
+                             shut=True)
         assert short == b"" or short.startswith(b"HTTP/1.1 4"), short
         assert serving(port)
-        assert xattr(mnt / "short", "writers") == 0  # the upload's writer was closed
+        assert xattr(mnt / "short", "bytes_written") == 5
+        assert xattr(mnt / "short", "writers") == 0
+        short = raw_exchange(port, b"PUT /shorter HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE
+                             + b"Content-Length: 1000\r\n\r\nonly a little", shut=True)
+        assert short == b"" or short.startswith(b"HTTP/1.1 4"), short
+        assert serving(port)
+        assert not (mnt / "shorter").exists()
 
         # The slowloris is cut off after HEAD_TIMEOUT (10 s).
         slow.settimeout(max(0.1, slow_since + 15 - time.monotonic()))
@@ -593,26 +655,165 @@ def test_bad_requests(tools, mount_with):
 # -- 9. token and read-only ---------------------------------------------------
 
 
-def test_bearer_token(mount_with, tmp_path):
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    mnt, port = http_mount(mount_with, "--http-token", str(token))
-    status, headers, body = call(port, "GET", "/")
+def status_of(result: subprocess.CompletedProcess) -> tuple[int, str]:
+    """(status, body) from a curl run with ``-w '\\n%{http_code}'``."""
+    assert result.returncode == 0, result
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code), body
+
+
+def test_bearer_token(http_mount):
+    mnt, port = http_mount()
+    private = mnt / "private"
+    private.write_bytes(b"root only")
+    private.chmod(0o600)
+
+    # The token acts as the token file's owner, root; its scheme in any case.
+    assert call(port, "PUT", "/x", body=b"yes")[0] == 201
+    assert os.stat(mnt / "x").st_uid == 0
+    assert call(port, "GET", "/", headers={"Authorization": f"bEaReR {TOKEN}"})[0] == 200
+
+    # A wrong token, or one without its scheme, is refused outright.
+    status, headers, body = call(port, "GET", "/", token="wrong")
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
     error_of(body)
-    status, _, body = call(port, "GET", "/", headers={"Authorization": "Bearer wrong"})
+    status, _, body = call(port, "PUT", "/y", body=b"no", headers={"Authorization": TOKEN})
     assert status == 401
-    status, _, body = call(port, "PUT", "/x", body=b"no", headers={"Authorization": "s3cret-token"})
-    assert status == 401
-    assert not (mnt / "x").exists()
-    good = {"Authorization": "Bearer s3cret-token"}
-    assert call(port, "GET", "/", headers=good)[0] == 200
-    assert call(port, "PUT", "/x", body=b"yes", headers=good)[0] == 201
-    assert (mnt / "x").exists()
+    assert not (mnt / "y").exists()
+
+    # No token on loopback: nobody, whom only the "other" bits let in.
+    assert call(port, "GET", "/", token=None)[0] == 200
+    assert call(port, "PUT", "/y", body=b"no", token=None)[0] == 403
+    assert call(port, "GET", "/private", token=None)[0] == 403
+    assert not (mnt / "y").exists()
 
 
-def test_read_only(mount_with):
-    mnt, port = http_mount(mount_with, "--http-read-only")
+def test_anonymous_requests_get_the_other_bits(tools, http_mount):
+    """Without a token, a loopback request acts as nobody: it reads what all may read, no more."""
+    mnt, port = http_mount(token=False)
+    url = f"http://127.0.0.1:{port}"
+    public, private = mnt / "public.txt", mnt / "private"
+    public.write_bytes(b"for everyone")
+    public.chmod(0o644)
+    private.write_bytes(b"root only")
+    private.chmod(0o600)
+
+    for method, path in [("PUT", "/public.txt"), ("POST", "/public.txt"), ("PUT", "/new"),
+                         ("DELETE", "/public.txt"), ("DELETE", "/private"),
+                         ("POST", "/api/v1/directories?path=/streamfs/dir")]:
+        status, _, body = call(port, method, path, body=b"x" if method == "PUT" else None,
+                               token=None)
+        assert status == 403, (method, path, status)
+        error_of(body)
+    assert sorted(os.listdir(mnt.path)) == ["private", "public.txt"]
+    assert xattr(public, "bytes_written") == 12 and xattr(private, "bytes_written") == 9
+
+    status, body = status_of(curl("-w", "\n%{http_code}", f"{url}/private", token=None,
+                                  text=True))
+    assert status == 403 and "root only" not in body
+    reader = mnt.spawn(curl_command("-N", f"{url}/public.txt", token=None))
+    until(lambda: xattr(public, "readers") == 1, what="the anonymous reader")
+    public.unlink()
+    out, err = reader.communicate(timeout=10)
+    assert reader.returncode == 0, err
+    assert out == b"for everyone"
+
+
+def test_anonymous_uploads_in_a_sticky_public_directory(http_mount):
+    mnt, port = http_mount(token=False)
+    drop = mnt / "drop"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    (drop / "roots").write_bytes(b"kept")
+
+    assert call(port, "PUT", "/drop/upload", body=b"anonymous", token=None)[0] == 201
+    made = os.stat(drop / "upload")
+    nobody = pwd.getpwnam("nobody")
+    assert (made.st_uid, made.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert stat.S_IMODE(made.st_mode) == 0o644
+    assert xattr(drop / "upload", "bytes_written") == 9
+
+    # Sticky: nobody may remove what it made, not what root made there.
+    assert call(port, "DELETE", "/drop/roots", token=None)[0] == 403
+    assert call(port, "PUT", "/drop/roots", body=b"x", token=None)[0] == 403
+    assert xattr(drop / "roots", "bytes_written") == 4
+    assert call(port, "DELETE", "/drop/upload", token=None)[0] == 204
+    assert os.listdir(drop) == ["roots"]
+
+
+def test_off_loopback_every_tcp_request_needs_the_token(http_mount):
+    mnt, port = http_mount(host="0.0.0.0")
+    status, headers, body = call(port, "GET", "/", token=None)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    error_of(body)
+    assert call(port, "GET", "/")[0] == 200
+
+
+def test_a_token_acts_as_its_files_owner(http_mount, unprivileged_user):
+    user = pwd.getpwnam(unprivileged_user)
+    mnt, port = http_mount(token_owner=user.pw_uid)
+    home = mnt / "home"
+    home.mkdir()
+    os.chown(home, user.pw_uid, user.pw_gid)
+    private = mnt / "private"
+    private.write_bytes(b"root only")
+    private.chmod(0o600)
+
+    assert call(port, "PUT", "/home/theirs", body=b"mine")[0] == 201
+    made = os.stat(home / "theirs")
+    assert (made.st_uid, made.st_gid) == (user.pw_uid, user.pw_gid)
+    # Not root: the user's rights, and no more.
+    assert call(port, "PUT", "/elsewhere", body=b"x")[0] == 403
+    assert call(port, "GET", "/private")[0] == 403
+    assert call(port, "DELETE", "/private")[0] == 403
+    assert sorted(os.listdir(mnt.path)) == ["home", "private"]
+
+
+def unix_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def test_unix_socket_requests_act_as_the_connecting_user(mount_with, world_readable_dir,
+                                                         unprivileged_user):
+    path = world_readable_dir / "http.sock"
+    mnt = mount_with("--http", f"unix:{path}")
+    until(lambda: unix_accepts(path) or mnt.daemon.poll() is not None, what="the Unix socket")
+    assert mnt.daemon.poll() is None, mnt.log()
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o666
+
+    user = pwd.getpwnam(unprivileged_user)
+    home = mnt / "home"
+    home.mkdir()
+    os.chown(home, user.pw_uid, user.pw_gid)
+    private = mnt / "private"
+    private.write_bytes(b"root only")
+    private.chmod(0o600)
+
+    def curl_as_user(*args) -> tuple[int, str]:
+        return status_of(as_user(unprivileged_user, "curl", "-sS", "--unix-socket", path,
+                                 "-w", "\n%{http_code}", *args))
+
+    assert curl_as_user("-X", "PUT", "--data-binary", "mine", "http://x/home/theirs")[0] == 201
+    made = os.stat(home / "theirs")
+    assert (made.st_uid, made.st_gid) == (user.pw_uid, user.pw_gid)
+    assert curl_as_user("http://x/api/v1/files?path=/streamfs/home/theirs") == (200, "mine")
+
+    status, body = curl_as_user("http://x/private")
+    assert status == 403 and "root only" not in body
+    assert curl_as_user("-X", "DELETE", "http://x/private")[0] == 403
+    assert curl_as_user("-X", "PUT", "--data-binary", "x", "http://x/private")[0] == 403
+    assert xattr(private, "bytes_written") == 9
+    assert sorted(os.listdir(mnt.path)) == ["home", "private"]
+
+
+def test_read_only(http_mount):
+    mnt, port = http_mount("--http-read-only")
     (mnt / "r").write_bytes(b"data")
     for method in ("PUT", "POST", "DELETE"):
         status, _, body = call(port, method, "/r", body=b"x" if method != "DELETE" else None)
@@ -630,27 +831,40 @@ def test_read_only(mount_with):
     assert call(port, "GET", "/")[0] == 200
 
 
-def test_public_address_without_token_is_refused(tmp_path):
+def refused_at_start(tmp_path, *args) -> str:
+    """The one line of error a daemon started with ``args`` exits 2 with, mounting nothing."""
     require_fuse()
     path = tmp_path / "mnt"
     path.mkdir()
     try:
-        run = subprocess.run([*DAEMON, str(path), "--http", f"0.0.0.0:{free_port()}"],
-                             capture_output=True, text=True, timeout=20)
+        run = subprocess.run([*DAEMON, str(path), *args], capture_output=True, text=True,
+                             timeout=20)
         assert run.returncode == 2, run
         lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and "--http-token" in lines[0], run.stderr
+        assert len(lines) == 1, run.stderr
         assert not is_mounted(str(path))
+        return lines[0]
     finally:
         if is_mounted(str(path)):
             subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
 
 
+def test_public_address_without_token_is_refused(tmp_path):
+    assert "--http-token" in refused_at_start(tmp_path, "--http", f"0.0.0.0:{free_port()}")
+
+
+def test_token_file_that_others_may_read_is_refused(tmp_path):
+    token = write_token(tmp_path, mode=0o644)
+    line = refused_at_start(tmp_path, "--http", f"127.0.0.1:{free_port()}",
+                            "--http-token", str(token))
+    assert f"chmod 600 {token}" in line
+
+
 # -- 10. listings and HEAD ----------------------------------------------------
 
 
-def test_listing_and_head(mount_with):
-    mnt, port = http_mount(mount_with)
+def test_listing_and_head(http_mount):
+    mnt, port = http_mount()
     assert call(port, "PUT", "/s.txt", body=b"abc")[0] == 201
     (mnt / "d").mkdir()
     sock, _, _, _ = open_get(port, "/s.txt")
