@@ -74,13 +74,14 @@ def accepts(port: int) -> bool:
 class Mount:
     """A streamfs-fuse daemon in the foreground, and the processes a test starts."""
 
-    def __init__(self, path: Path, log_path: Path, args: list[str]) -> None:
+    def __init__(self, path: Path, log_path: Path, args: list[str],
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.path = path
         self.log_path = log_path
         self.processes: list[subprocess.Popen] = []
         self._log = open(log_path, "wb")
         self.daemon = subprocess.Popen(
-            [*DAEMON, str(path), "-f", *args], stdout=self._log, stderr=subprocess.STDOUT,
+            [*wrapper, *DAEMON, str(path), "-f", *args], stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:
             wait_until(lambda: is_mounted(str(path)) or self.daemon.poll() is not None,
@@ -133,14 +134,19 @@ class Mount:
 
 @pytest.fixture
 def mount_with(tmp_path):
-    """Mount with extra command-line arguments: ``mount_with("--ring-buffer-size=1KB")``."""
+    """Mount with extra command-line arguments: ``mount_with("--ring-buffer-size=1KB")``.
+
+    ``wrapper`` prefixes the daemon's command line with a program that execs
+    it (``("prlimit", "--nofile=1024:1024")``), so the daemon keeps its PID.
+    """
     require_fuse()
     mounts: list[Mount] = []
 
-    def start(*args: str, name: str = "mnt", parent: Path | None = None) -> Mount:
+    def start(*args: str, name: str = "mnt", parent: Path | None = None,
+              wrapper: tuple[str, ...] = ()) -> Mount:
         path = (parent or tmp_path) / name
         path.mkdir()
-        mount = Mount(path, tmp_path / f"{name}.log", list(args))
+        mount = Mount(path, tmp_path / f"{name}.log", list(args), wrapper)
         mounts.append(mount)
         return mount
 
