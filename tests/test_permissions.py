@@ -1,4 +1,4 @@
-"""One table of who may do what, run through every path: the core, FUSE (HTTP to come).
+"""One table of who may do what, run through every path: the core, FUSE and HTTP.
 
 Each row names an identity, an operation, the node it acts on (owner, group,
 mode) and the directory holding it (owner, group, mode, sticky bit), and
@@ -8,7 +8,10 @@ the errno's name) whose test is parametrized over :data:`CASES`, so every row
 must agree between every path. The FUSE path
 runs each operation as the row's identity through a real mount with
 ``-o allow_other``, where the kernel decides (``default_permissions``): it is
-the reference the core is held to, errno included.
+the reference the core is held to, errno included. The HTTP path sends each
+request over the same mount's Unix-socket door from a process running as the
+row's identity (the door takes it from SO_PEERCRED), for every operation HTTP
+has a route for; a refusal must be 403.
 
 Every row lives in a case directory of its own, ``/cNNN`` (0755, root):
 ``/cNNN/d`` is the row's parent directory and ``/cNNN/d/n`` its node;
@@ -405,11 +408,10 @@ class FuseTable:
 
     def __init__(self, mount: Mount) -> None:
         self.mount = mount
-        self.workers: dict[Identity, subprocess.Popen] = {}
+        self.workers: dict[tuple[Identity, str], subprocess.Popen] = {}
 
-    def build(self, case: Case) -> None:
-        """Make the row's nodes as root, with chown and chmod."""
-        top = self.mount / CASE_DIRS[case]
+    def build(self, case: Case, top: Path) -> None:
+        """Make the row's nodes under ``top``, as root, with chown and chmod."""
         os.mkdir(top)
         os.mkdir(top / "e")
         os.chmod(top / "e", 0o777)
@@ -429,16 +431,16 @@ class FuseTable:
         os.chown(parent, case.parent[0], case.parent[1])
         os.chmod(parent, case.parent[2])
 
-    def worker(self, who: Identity) -> subprocess.Popen:
-        if who not in self.workers:
-            self.workers[who] = self.mount.spawn(
+    def worker(self, who: Identity, code: str = WORKER) -> subprocess.Popen:
+        if (who, code) not in self.workers:
+            self.workers[who, code] = self.mount.spawn(
                 ["setpriv", f"--reuid={who.uid}", f"--regid={primary_gid(who)}",
                  "--groups=" + ",".join(map(str, sorted(who.gids))),
-                 sys.executable, "-c", WORKER], stdin=subprocess.PIPE, text=True, cwd="/")
-        return self.workers[who]
+                 sys.executable, "-c", code], stdin=subprocess.PIPE, text=True, cwd="/")
+        return self.workers[who, code]
 
-    def request(self, who: Identity, *call) -> str:
-        worker = self.worker(who)
+    def request(self, who: Identity, *call, code: str = WORKER) -> str:
+        worker = self.worker(who, code)
         worker.stdin.write(json.dumps(call) + "\n")
         worker.stdin.flush()
         answer = worker.stdout.readline().strip()
@@ -482,11 +484,15 @@ def fuse_table():
     try:
         os.chmod(base, 0o755)  # others must reach the mount
         (base / "mnt").mkdir()
-        mount = Mount(base / "mnt", base / "mnt.log", ["-o", "allow_other"])
+        mount = Mount(base / "mnt", base / "mnt.log",
+                      ["-o", "allow_other", "--http", f"unix:{base / 'http.sock'}"])
         try:
             table = FuseTable(mount)
+            table.socket = base / "http.sock"
             for case in CASES:
-                table.build(case)
+                table.build(case, mount / CASE_DIRS[case])
+            for case in HTTP_CASES:
+                table.build(case, mount / ("h" + CASE_DIRS[case]))
             yield table
             assert "Traceback" not in mount.log()
         finally:
@@ -526,3 +532,71 @@ def test_fuse_chmod_drops_setgid_as_the_core_does(fuse_table):
         os.chown(path, who.uid, TEAM)
         assert fuse_table.request(who, "chmod", str(path), 0o2640) == "ok"
         assert stat.S_IMODE(os.stat(path).st_mode) == (0o2640 if kept else 0o640)
+
+
+# -- HTTP: the core decides, for the identity the Unix socket gives ---------------
+
+# Runs as one identity: sends one request per line of JSON on stdin, [method,
+# target, body], over the door's Unix socket, and answers with the status. A
+# stream's GET never ends: its status line is all that is read.
+HTTP_WORKER = r"""
+import json, socket, sys
+path = sys.argv[1]
+for line in sys.stdin:
+    method, target, body = json.loads(line)
+    body = body.encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        sock.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (method.encode(), target.encode(),
+                                                           len(body), body))
+        head = b""
+        while b"\r\n" not in head:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+    print(head.split(b" ")[1].decode() if head else "closed", flush=True)
+"""
+
+#: Operations HTTP has no route for: attributes and settings change through the mount.
+NO_HTTP_ROUTE = {"chmod", "chown", "chown_same", "chgrp_team", "chgrp_foreign", "utime", "policy"}
+HTTP_CASES = [case for case in CASES if case.op not in NO_HTTP_ROUTE]
+
+
+def http_request(case: Case, top: str) -> tuple[str, str, str]:
+    """The request that does the row's operation: native routes, or AGFS's where HTTP has no other."""
+    api = "/api/v1/"
+    agfs = f"/streamfs/{top}/d"
+    rename = f"{api}rename?path={agfs}/%s"
+    return {
+        "read": ("GET", f"/{top}/d/n", ""),
+        "append": ("PUT", f"/{top}/d/n", "x"),
+        "create": ("PUT", f"/{top}/d/new", "x"),
+        "mkdir": ("POST", f"{api}directories?path={agfs}/new&mode=755", ""),
+        "unlink": ("DELETE", f"/{top}/d/n", ""),
+        "rmdir": ("DELETE", f"/{top}/d/n", ""),
+        "rename": ("POST", rename % "n", json.dumps({"newPath": f"{agfs}/new"})),
+        "rename_over": ("POST", rename % "mine", json.dumps({"newPath": f"{agfs}/n"})),
+        "move_dir": ("POST", rename % "n", json.dumps({"newPath": f"/streamfs/{top}/e/n"})),
+        "touch": ("POST", f"{api}touch?path={agfs}/n", ""),
+        "list": ("GET", f"/{top}/d/n/", ""),
+        "traverse": ("HEAD", f"/{top}/d/n/inner", ""),
+    }[case.op]
+
+
+def outcome_http(case: Case, table: FuseTable) -> str:
+    """The status the door answers the row's identity."""
+    code = HTTP_WORKER.replace("sys.argv[1]", repr(str(table.socket)))
+    return table.request(case.who, *http_request(case, "h" + CASE_DIRS[case]), code=code)
+
+
+def run_http(case: Case, table: FuseTable) -> bool:
+    return outcome_http(case, table).startswith("2")
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=str)
+def test_http(case, fuse_table):
+    """The door gives every row the core's answer: 2xx where allowed, 403 where not."""
+    status = outcome_http(case, fuse_table)
+    assert status.startswith("2") if case.allowed else status == "403", status
