@@ -81,7 +81,8 @@ class Mount:
         self.processes: list[subprocess.Popen] = []
         self._log = open(log_path, "wb")
         self.daemon = subprocess.Popen(
-            [*wrapper, *DAEMON, str(path), "-f", *args], stdout=self._log, stderr=subprocess.STDOUT,
+            [*wrapper, *DAEMON, str(path), "-f", *args], stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until(lambda: is_mounted(str(path)) or self.daemon.poll() is not None,

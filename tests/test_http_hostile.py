@@ -16,7 +16,6 @@ import random
 import re
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -58,7 +57,8 @@ LOUD_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ", re.MULTILINE)
 
 
 def assert_up(mnt) -> None:
-    assert mnt.daemon.poll() is None, f"the daemon exited with {mnt.daemon.returncode}:\n{mnt.log()[-4000:]}"
+    assert mnt.daemon.poll() is None, \
+        f"the daemon exited with {mnt.daemon.returncode}:\n{mnt.log()[-4000:]}"
     assert is_mounted(str(mnt.path)), f"the mount is gone:\n{mnt.log()[-4000:]}"
 
 
@@ -191,7 +191,8 @@ def announced(answer: Response, closed: bool) -> None:
 #: and closes them.
 FLOOD = r"""
 import socket, sys, time
-port, count, spread, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+port, count = int(sys.argv[1]), int(sys.argv[2])
+spread, hold = float(sys.argv[3]), float(sys.argv[4])
 socks = []
 started = time.monotonic()
 for i in range(count):
