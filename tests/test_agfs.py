@@ -1,8 +1,10 @@
 """The AGFS HTTP API of the door, driven by the AGFS Python SDK (pyagfs) unmodified.
 
-A real daemon is mounted with ``--http``; what pyagfs does is checked
-through the mount, and what is written through the mount is read with
-pyagfs. Error bodies and statuses are checked with raw requests.
+A real daemon is mounted with ``--http`` and a root-owned ``--http-token``,
+which the pyagfs client sends (pyagfs has no token setting of its own: it
+goes in ``client.session.headers``), so its calls act as root. What pyagfs
+does is checked through the mount, and what is written through the mount is
+read with pyagfs. Error bodies and statuses are checked with raw requests.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ import trio
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from conftest import accepts, free_port, wait_until
-from streamfs_fuse.agfs import AGFSDoor
-from streamfs_fuse.http import HTTPSettings
+from conftest import accepts, free_port, wait_until, xattr
+from streamfs_fuse.access import ROOT
+from streamfs_fuse.agfs import AGFSRoutes
+from streamfs_fuse.config import HTTPSettings
+from streamfs_fuse.http import HTTPDoor
 from streamfs_fuse.namespace import Namespace
 from streamfs_fuse.stream import StreamSettings
+from test_http import TOKEN, write_token
+
+#: The header that makes a request act as the token file's owner.
+AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def agfs_client(port: int, *, anonymous: bool = False) -> AGFSClient:
+    """A pyagfs client of the door on ``port``, carrying the token unless ``anonymous``."""
+    client = AGFSClient(f"http://127.0.0.1:{port}")
+    if not anonymous:
+        client.session.headers.update(AUTHORIZATION)
+    return client
 
 
 class Door:
@@ -29,13 +45,13 @@ class Door:
     def __init__(self, mount, port: int) -> None:
         self.mount = mount
         self.port = port
-        self.client = AGFSClient(f"http://127.0.0.1:{port}")
+        self.client = agfs_client(port)
 
     def raw(self, method: str, target: str, body: bytes | None = None):
         """``(status, headers, body)`` for a request whose target is sent exactly as given."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            connection.request(method, target, body=body)
+            connection.request(method, target, body=body, headers=AUTHORIZATION)
             response = connection.getresponse()
             return response.status, response.headers, response.read()
         finally:
@@ -48,9 +64,9 @@ class Door:
 
 
 @pytest.fixture
-def door(mount_with):
+def door(mount_with, tmp_path):
     port = free_port()
-    mount = mount_with("--http", f"127.0.0.1:{port}")
+    mount = mount_with("--http", f"127.0.0.1:{port}", "--http-token", str(write_token(tmp_path)))
     wait_until(lambda: accepts(port), what="the HTTP door to accept connections")
     door = Door(mount, port)
     yield door
@@ -203,12 +219,13 @@ def test_native_routes_are_unchanged(door):
 
 async def test_the_agfs_mount_path_is_a_constructor_argument():
     namespace = Namespace(StreamSettings(), os.getuid(), os.getgid())
-    door = AGFSDoor(namespace, HTTPSettings(address=("127.0.0.1", 0),
-                                            agfs_path="/data/streams"))
+    settings = HTTPSettings(addresses=(("127.0.0.1", 0),), agfs_path="/data/streams")
+    door = HTTPDoor(AGFSRoutes(namespace, settings), settings, token=TOKEN.encode(),
+                    token_owner=ROOT)
     async with trio.open_nursery() as nursery:
         [listener, *_] = await nursery.start(door.serve)
         port = listener.socket.getsockname()[1]
-        client = AGFSClient(f"http://127.0.0.1:{port}")
+        client = agfs_client(port)
 
         def drive():
             try:
@@ -226,3 +243,50 @@ async def test_the_agfs_mount_path_is_a_constructor_argument():
         await trio.to_thread.run_sync(drive)
         assert namespace.child(namespace.root, b"s").stream.bytes_written == 3
         nursery.cancel_scope.cancel()
+
+
+def test_pyagfs_with_the_token_acts_as_root(door):
+    client, mnt = door.client, door.mount
+    assert client.write("/streamfs/s", b"abc") == "Written 3 bytes"
+    assert os.stat(mnt / "s").st_uid == 0
+    assert client.cat("/streamfs/s") == b"abc"
+    assert names(client.ls("/streamfs")) == {"s"}
+    assert client.rm("/streamfs/s") == {"message": "deleted"}
+    assert os.listdir(mnt.path) == []
+
+
+def test_pyagfs_without_a_token_reads_what_all_may_read_and_writes_nothing(door):
+    mnt = door.mount
+    public, private = mnt / "public", mnt / "private"
+    public.write_bytes(b"for everyone")
+    public.chmod(0o644)
+    private.write_bytes(b"root only")
+    private.chmod(0o600)
+    anonymous = agfs_client(door.port, anonymous=True)
+    try:
+        assert anonymous.cat("/streamfs/public") == b"for everyone"
+        assert names(anonymous.ls("/streamfs")) == {"public", "private"}
+        with pytest.raises(AGFSClientError, match="permission denied"):
+            anonymous.cat("/streamfs/private")
+        with pytest.raises(AGFSClientError, match="permission denied"):
+            anonymous.write("/streamfs/public", b"more")
+        with pytest.raises(AGFSClientError, match="permission denied"):
+            anonymous.write("/streamfs/new", b"x")
+        with pytest.raises(AGFSClientError, match="permission denied"):
+            anonymous.mkdir("/streamfs/dir")
+        with pytest.raises(AGFSClientError, match="permission denied"):
+            anonymous.rm("/streamfs/public")
+    finally:
+        anonymous.session.close()
+    assert sorted(os.listdir(mnt.path)) == ["private", "public"]
+    assert xattr(public, "bytes_written") == 12
+
+
+def test_unimplemented_agfs_routes_answer_501(door):
+    door.client.write("/streamfs/s", b"abc")
+    for method, target in [("POST", "/api/v1/handles/open?path=/streamfs/s"),
+                           ("GET", "/api/v1/handles/1/read"),
+                           ("POST", "/api/v1/grep"), ("POST", "/api/v1/digest"),
+                           ("POST", "/api/v1/chmod?path=/streamfs/s")]:
+        status, body = door.error(method, target)
+        assert status == 501 and "not implemented" in body["error"], (target, status, body)
