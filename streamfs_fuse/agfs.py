@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from .access import Access, check
+from .access import Access, Identity, check, may
 from .config import HTTPSettings
 from .http import READ_SIZE, STATUS_BY_ERRNO, Exchange, Refused
 from .http_routes import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
@@ -249,7 +249,7 @@ class AGFSRoutes:
                 raise Refused(404, f"readdir: {path}: not a directory")
             with agfs_errors("readdir", path):
                 check(exchange.identity, Access.READ, directory)
-            files = [file_info(node) for node in directory.entries.values()]
+            files = [file_info(node, exchange.identity) for node in directory.entries.values()]
         await exchange.reply_json(200, {"files": files}, newline=True)
 
     async def _api_stat(self, exchange, params, body) -> None:
@@ -262,7 +262,7 @@ class AGFSRoutes:
             node = self._api_node(exchange, "stat", path, names)
             if isinstance(node, StreamFile):
                 await node.stream.refresh()
-            info = file_info(node, os.fsdecode(names[-1]))
+            info = file_info(node, exchange.identity, os.fsdecode(names[-1]))
         await exchange.reply_json(200, info, newline=True)
 
     async def _api_touch(self, exchange, params, body) -> None:
@@ -337,13 +337,20 @@ def agfs_errors(op: str, path: str):
         raise Refused(STATUS_BY_ERRNO.get(e.errno, 500), f"{op}: {path}: {reason}") from None
 
 
-def file_info(node: Node, name: str | None = None) -> dict:
-    """AGFS's file info object for a node (``meta`` keys are capitalised, as AGFS sends them)."""
+def file_info(node: Node, identity: Identity, name: str | None = None) -> dict:
+    """AGFS's file info object for a node (``meta`` keys are capitalised, as AGFS sends them).
+
+    A stream's figures are there for those who may read it, as its extended
+    attributes are through the mount.
+    """
     info = {"name": os.fsdecode(node.name) if name is None else name, "size": 0,
             "mode": stat.S_IMODE(node.mode), "modTime": rfc3339(node.mtime_ns),
             "isDir": isinstance(node, Directory),
             "meta": {"Name": PLUGIN_NAME, "Type": "", "Content": None}}
     if isinstance(node, StreamFile):
+        info["meta"]["Type"] = "stream"
+        if not may(identity, Access.READ, node):
+            return info
         statistics = node.stream.statistics()
         content = {"total_written": str(statistics.bytes_written),
                    "active_readers": str(statistics.readers)}

@@ -28,7 +28,7 @@ from contextlib import aclosing
 from dataclasses import asdict
 from urllib.parse import unquote_to_bytes
 
-from .access import Access, Identity, check
+from .access import Access, Identity, check, may
 from .config import HTTPSettings
 from .http import Exchange, Refused, http_date
 from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
@@ -198,19 +198,21 @@ class NativeRoutes:
                    (b"x-streamfs-mode", b"%o" % node.mode)]
         if isinstance(node, StreamFile):
             headers.append((b"content-type", content_type(node.name).encode()))
+        # The figures are for those who may read the stream, as its xattrs are.
+        if isinstance(node, StreamFile) and may(exchange.identity, Access.READ, node):
             await node.stream.refresh()
             for name, value in asdict(node.stream.statistics()).items():
                 value = getattr(value, "value", value)
                 headers.append((b"x-streamfs-" + name.replace("_", "-").encode(),
                                 str(value).encode()))
-        else:
+        elif isinstance(node, Directory):
             headers.append((b"x-streamfs-type", b"directory"))
         await exchange.reply(200, headers=headers)
 
     async def _listing(self, exchange: Exchange, directory: Directory,
                        names: list[bytes]) -> None:
         check(exchange.identity, Access.READ, directory)
-        entries = self.entries(directory)
+        entries = self.entries(directory, exchange.identity)
         if b"text/html" in (exchange.header(b"accept") or b""):
             await exchange.reply(200, listing_html(entries, names).encode(),
                                  b"text/html; charset=utf-8")
@@ -218,8 +220,12 @@ class NativeRoutes:
             await exchange.reply(200, json.dumps(entries).encode(), b"application/json")
 
     @staticmethod
-    def entries(directory: Directory) -> list[dict]:
-        """The JSON listing; ``readers`` and ``writers`` count every host's, as HEAD does."""
+    def entries(directory: Directory, identity: Identity) -> list[dict]:
+        """The JSON listing, as ``ls -l`` shows it.
+
+        ``readers`` and ``writers`` count every host's, as HEAD does, and only
+        for streams ``identity`` may read (they are its xattrs through the mount).
+        """
         entries = []
         for node in directory.entries.values():
             entry = {"name": os.fsdecode(node.name), "mode": node.mode,
@@ -227,8 +233,9 @@ class NativeRoutes:
                      "readers": 0, "writers": 0}
             if isinstance(node, StreamFile):
                 statistics = node.stream.statistics()
-                entry.update(size=statistics.bytes_written, readers=statistics.readers,
-                             writers=statistics.writers)
+                entry["size"] = statistics.bytes_written
+                if may(identity, Access.READ, node):
+                    entry.update(readers=statistics.readers, writers=statistics.writers)
             else:
                 entry["type"] = "directory"
             entries.append(entry)
