@@ -68,11 +68,10 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
-    fuse_options: set[str] = set()
-    for text in args.options:
-        options, fuse = parse_mount_options(text)
-        values.update(options)
-        fuse_options |= fuse
+    # mount(8) joins every -o into one list: the values of a repeatable
+    # setting (--http) add up across them.
+    options, fuse_options = parse_mount_options(",".join(args.options))
+    values.update(options)
     values.update({s.name: s.parse(value, s.flag)
                    for s in SETTINGS if (value := getattr(args, s.name)) is not None})
     sections = sections_from(values)

@@ -294,13 +294,14 @@ def parse_key_prefix(value: Any, what: str) -> str:
 
 
 def parse_seconds(value: Any, what: str) -> float:
+    given = value
     if isinstance(value, str):
         try:
             value = humanfriendly.parse_timespan(value.strip())
         except humanfriendly.InvalidTimespan:
             raise ConfigError(f"{what}: {value!r} is not a time (e.g. 10 or 10s)") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        raise ConfigError(f"{what}: expected a number of seconds above 0, got {value!r}")
+        raise ConfigError(f"{what}: expected a number of seconds above 0, got {given!r}")
     return float(value)
 
 

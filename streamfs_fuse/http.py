@@ -178,12 +178,20 @@ class Exchange:
         """The body as the sender cut it: each HTTP chunk whole, up to :data:`UPLOAD_PIECE`.
 
         A chunk larger than that, and a Content-Length body, come in pieces of
-        exactly :data:`UPLOAD_PIECE` bytes (the last one shorter).
+        exactly :data:`UPLOAD_PIECE` bytes (the last one shorter). When the
+        body stalls or breaks off, what arrived of a Content-Length body is
+        still given; a chunk that never ended is not (chunks stay whole).
         """
         await self.continue_body()
+        chunked = self.header(b"transfer-encoding") is not None
         buffer = bytearray()
         while True:
-            event = await self._receive_event()
+            try:
+                event = await self._receive_event()
+            except (Refused, h11.RemoteProtocolError):
+                if buffer and not chunked:
+                    yield bytes(buffer)
+                raise
             if isinstance(event, h11.EndOfMessage):
                 if buffer:
                     yield bytes(buffer)

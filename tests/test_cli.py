@@ -332,9 +332,8 @@ def test_http_may_be_given_more_than_once(tmp_path):
         HTTPSettings())
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: cli.py lets each -o argument replace the "
-                   "previous one's http= addresses instead of adding to them as mount(8) joins -o")
 def test_http_in_two_o_arguments_adds_up():
+    """mount(8) joins every -o into one list."""
     assert config("m", "-o", "http=:1", "-o", "http=unix:/run/streamfs.sock").http.addresses == (
         ("127.0.0.1", 1), "/run/streamfs.sock")
 

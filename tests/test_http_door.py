@@ -205,6 +205,14 @@ async def test_an_upload_that_goes_quiet_is_ended_and_keeps_what_arrived(autojum
     assert namespace.child(namespace.root, b"quiet").stream.size == 5
 
 
+async def test_a_quiet_content_length_upload_keeps_what_arrived(autojump_clock):
+    namespace, door = make_door(body_timeout=5.0)
+    reply = await exchange(door, b"PUT /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                           b"thirteen byte", until=b"\x00never")
+    assert status(reply) == 408
+    assert namespace.child(namespace.root, b"cl").stream.size == 13
+
+
 async def test_request_smuggling_and_absurd_chunks_are_refused_and_closed():
     namespace, door = make_door()
     for request in (
