@@ -8,21 +8,30 @@ Keys, for namespace P (a hash tag keeps what one script touches in one slot):
 - ``{P}:tree``: a Redis stream of tree events. Applying them in order gives
   every host the same tree, inode numbers and errors (see namespace.py). A
   create's inode number is made from its entry ID, so it is the same on
-  every host and never reused, even after Redis loses everything.
+  every host and never reused, even after Redis loses everything. A host
+  adds an event at ``MS-*``, MS its clock's millisecond (or the newest
+  event's, if later), so that an event can be fenced by its millisecond.
 - ``{P}:snapshot``: the tree as of one event (``id``), written every
   :data:`SNAPSHOT_EVERY` events; the events before the previous snapshot
   (``trimmed``) are then trimmed. A host starts from the snapshot, and one
   that finds it has not applied events since trimmed starts again from it.
 - ``{P}:epoch``: set when the namespace is first used. Another value after a
   reconnect means Redis lost its data: every stream ends, logged once.
-- ``{P:S}:N`` and ``{P:S}:N:meta``: stream N's chunks and totals. A chunk's
-  entry ID is ``OFFSET-1``, OFFSET being the stream offset of its first byte:
-  one XADD appends where the writer expects the log to end (Redis refuses it
-  if another host got there first) and trims by MINID to exactly the newest
-  ``ring_buffer_size`` bytes. The end of a removed stream is ``TOTAL-2``,
-  above any later append. The totals in ``meta`` are added a batch at a time.
+- ``{P:S}:N`` and ``{P:S}:N:meta``: stream N's chunks and totals, made
+  when N is created (empty) and never by a write: an append is
+  ``XADD NOMKSTREAM``, so a Redis that lost the stream cannot get it back
+  from a late writer. A chunk's entry ID is ``OFFSET-K``, OFFSET being the
+  stream offset of its first byte and K 1 unless an append at that offset
+  was fenced (below): one XADD appends where the writer expects the log to
+  end (Redis refuses it if another host got there first) and trims by MINID
+  to exactly the newest ``ring_buffer_size`` bytes. Each chunk names its
+  append (``w``). The end of a removed stream is ``TOTAL-MAX``, above any
+  later append, and its keys expire after :data:`REMOVED_EXPIRY`. The
+  totals in ``meta`` are added a batch at a time, only while ``meta`` exists.
   S = shard_of(N) spreads streams over the slots of a cluster, and one
   XREAD can wait on every followed stream of a shard.
+- ``{P:S}:bell:H``: host H's doorbell for shard S (below); removed when H
+  leaves, and expires after :data:`REMOVED_EXPIRY` if H was killed.
 
 Invariants:
 
@@ -31,7 +40,12 @@ Invariants:
   from that ring, so history meets live data at an entry ID, never a time.
 - One blocking XREAD per shard with followed streams, one for the tree:
   connections are bounded whatever the number of streams and readers.
-- Appends of one host may wait for Redis for at most ``timeout`` seconds.
+- A write (an append, a tree event) that Redis has not answered is settled
+  before it is answered or tried again: found (it was applied), or fenced
+  (its entry ID is taken by an entry added and deleted at once, so Redis
+  refuses it if it arrives later). A write that fails was not applied.
+- A write waits for Redis for ``timeout``, then for as long again to settle
+  a write Redis may still hold.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import itertools
 import json
 import logging
 import secrets
+import time
 from urllib.parse import urlsplit
 
 import coredis
@@ -88,6 +103,9 @@ RECONNECT_DELAY = 0.2
 UNREACHABLE = (coredis.exceptions.ConnectionError, coredis.exceptions.ClusterDownError,
                coredis.exceptions.BusyLoadingError, TimeoutError, OSError)
 
+#: The largest sequence number of an entry ID: the end of a removed stream.
+MAX_SEQUENCE = 2**64 - 1
+
 # End a removed stream after what it holds: its end is an entry that every
 # later append's ID is smaller than, so they fail.
 END = """
@@ -98,7 +116,7 @@ if newest then
   if newest[2][1] ~= 'd' then return 0 end
   total = offset + string.len(newest[2][2])
 end
-redis.call('XADD', KEYS[1], string.format('%d-2', total), 'end', '1')
+redis.call('XADD', KEYS[1], string.format('%d-18446744073709551615', total), 'end', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
@@ -121,6 +139,57 @@ if current then
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'rows', ARGV[2])
 return 1
+"""
+
+# Make a stream's keys, an empty log and its totals, unless the log is there.
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XGROUP', 'CREATE', KEYS[1], 'new', '$', 'MKSTREAM')
+redis.call('XGROUP', 'DESTROY', KEYS[1], 'new')
+redis.call('HSETNX', KEYS[2], 'bytes', 0)
+return 1
+"""
+
+# Add ARGV[2] to figure ARGV[1] of a stream's totals, if the stream has them.
+COUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# An append at entry ARGV[1], named ARGV[2], whose answer never came: 1 if it
+# is there; else 0, and the ID is taken (an entry added and deleted at once
+# moves the log's last ID to it), so Redis refuses the append if it comes later.
+SETTLE_APPEND = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
+if found then
+  for i = 1, #found[2], 2 do
+    if found[2][i] == 'w' then return found[2][i + 1] == ARGV[2] and 1 or 0 end
+  end
+  return 0
+end
+local taken = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', ARGV[1], 'f', '1')
+if type(taken) == 'string' then redis.call('XDEL', KEYS[1], taken) end
+return 0
+"""
+
+# A tree event by ARGV[2], added at millisecond ARGV[1], whose answer never
+# came: its entry ID if it is there; else nil, and no event can be added at
+# that millisecond any more.
+SETTLE_EVENT = """
+local by = '"by":"' .. ARGV[2] .. '"'
+local last = ARGV[1] .. '-18446744073709551615'
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', last)) do
+  if entry[2][1] == 'e' and string.find(entry[2][2], by, 1, true) then return entry[1] end
+end
+local taken = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', last, 'f', '1')
+if type(taken) == 'string' then redis.call('XDEL', KEYS[1], taken) end
+return false
+"""
+
+# Ring host's doorbell ARGV[1]: wakes its blocking read; expires if the host is killed.
+RING = """
+redis.call('XADD', KEYS[1], 'MAXLEN', 1, '*', 'w', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
 
 # bytes, chunks, readers, writers, the ring's first offset, and its entries.
@@ -237,9 +306,16 @@ class RedisStore:
         self._added: dict[tuple[str, str], int] = {}
         self._nursery: trio.Nursery | None = None
         self._replaying = False
+        #: Set once the host is leaving.
+        self.leaving = False
         self._end = self.client.register_script(END)
         self._totals = self.client.register_script(TOTALS)
         self._snapshot = self.client.register_script(SNAPSHOT)
+        self._create = self.client.register_script(CREATE)
+        self._count = self.client.register_script(COUNT)
+        self._settle_append = self.client.register_script(SETTLE_APPEND)
+        self._settle_event = self.client.register_script(SETTLE_EVENT)
+        self._ring_bell = self.client.register_script(RING)
 
     # -- the process around it -------------------------------------------------
 
@@ -268,6 +344,47 @@ class RedisStore:
                 await trio.sleep(RECONNECT_DELAY)
         log.error("redis at %s did not answer for %g s", shown(self.settings.url),
                   self.settings.timeout)
+        raise fail(errno.EIO)
+
+    async def _write(self, attempt, settle) -> None:
+        """Try ``attempt()`` until it returns True: a write Redis applies once, or not at all.
+
+        An attempt whose answer never came (a dropped connection, or time up)
+        may still be applied by Redis. Before trying again, and before failing,
+        ``settle()`` finds out: True if it was applied, else it makes sure it
+        never will be. Attempts go on for ``timeout``; settling the last one,
+        for as long again. Raises EIO if it was not applied.
+        """
+        timeout = self.settings.timeout
+        unanswered = False
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    if unanswered:
+                        if await settle():
+                            return
+                        unanswered = False
+                    unanswered = True
+                    if await attempt():
+                        return
+                    unanswered = False
+                except UNREACHABLE as e:
+                    log.debug("redis: %s; trying again", describe(e))
+                    await trio.sleep(RECONNECT_DELAY)
+        log.error("redis at %s did not answer for %g s", shown(self.settings.url), timeout)
+        if unanswered:
+            with trio.move_on_after(timeout) as settling:
+                while True:
+                    try:
+                        if await settle():
+                            log.warning("redis applied the write late: it succeeds")
+                            return
+                        break
+                    except UNREACHABLE:
+                        await trio.sleep(RECONNECT_DELAY)
+            if settling.cancelled_caught:
+                log.error("redis at %s did not answer for %g s more: the write that fails"
+                          " may still be applied", shown(self.settings.url), timeout)
         raise fail(errno.EIO)
 
     async def _follow_each(self, step, resync=None) -> None:
@@ -358,9 +475,31 @@ class RedisStore:
         token = f"{self.host}:{next(self._tokens)}"
         commit = self._commits[token] = Commit()
         event["by"] = token
+        fields = {"e": json.dumps(event, separators=(",", ":"))}
+        ms = max(time.time_ns() // 1_000_000, offset_of(self.applied))
+
+        async def attempt() -> bool:
+            nonlocal ms
+            try:
+                await self.client.xadd(self.tree_key, fields, identifier=f"{ms}-*")
+                return True
+            except coredis.exceptions.ResponseError as e:
+                if not refused(e):
+                    raise
+            newest = (await self.client.xinfo_stream(self.tree_key))["last-generated-id"]
+            newest_ms, sequence = entry_key(as_text(newest))
+            ms = newest_ms + 1 if sequence == MAX_SEQUENCE else max(ms, newest_ms)
+            return False
+
+        async def settle() -> bool:
+            nonlocal ms
+            if await self._settle_event(keys=[self.tree_key], args=[ms, token]) is not None:
+                return True
+            ms += 1
+            return False
+
         try:
-            await self._call(self.client.xadd, self.tree_key,
-                             {"e": json.dumps(event, separators=(",", ":"))})
+            await self._write(attempt, settle)
             await commit.done.wait()
         finally:
             del self._commits[token]
@@ -369,7 +508,17 @@ class RedisStore:
             await self._write_snapshot()
         if commit.error is not None:
             raise commit.error
+        if event["op"] == "create" and isinstance(commit.result, StreamFile):
+            await self._make_keys(commit.result.stream.log)
         return commit.result
+
+    async def _make_keys(self, log_: RedisLog) -> None:
+        """Make a new stream's keys; if Redis does not answer, its first write will."""
+        try:
+            await self._call(self._create, keys=[log_.key, log_.meta])
+        except OSError:
+            log.warning("stream %r: its keys in Redis are left to its first write",
+                        log_.stream.name)
 
     async def _write_snapshot(self) -> None:
         """Snapshot the tree as of the event just applied: the history before it can go."""
@@ -461,10 +610,10 @@ class RedisStore:
 
     async def _add(self, meta: str, figure: str, delta: int) -> None:
         try:
-            await self._call(self.client.hincrby, meta, figure, delta)
+            added = await self._call(self._count, keys=[meta], args=[figure, delta])
         except OSError:
             return  # logged; the figure is off by what this host had
-        if figure in LIVE_FIGURES:
+        if added is not None and figure in LIVE_FIGURES:
             key = (meta, figure)
             self._added[key] = self._added.get(key, 0) + delta
 
@@ -474,6 +623,7 @@ class RedisStore:
         Called before the store is cancelled, while the client still works;
         the byte and chunk counts not sent yet go too.
         """
+        self.leaving = True  # no more doorbells: they go now
         pending, self._counts = self._counts, {}
         final = {key: delta for key, delta in pending.items() if key[1] not in LIVE_FIGURES}
         for key, added in self._added.items():
@@ -484,13 +634,21 @@ class RedisStore:
                 for (meta, figure), delta in final.items():
                     if delta:
                         nursery.start_soon(self._take_back, meta, figure, delta)
+                for shard in self.shards.values():
+                    nursery.start_soon(self._remove_bell, shard.bell)
 
     async def _take_back(self, meta: str, figure: str, delta: int) -> None:
         try:
-            await self.client.hincrby(meta, figure, delta)
+            await self._count(keys=[meta], args=[figure, delta])
         except UNREACHABLE as e:
             log.warning("could not take this host's %s out of %s: %s", figure, meta,
                         describe(e))
+
+    async def _remove_bell(self, bell: str) -> None:
+        try:
+            await self.client.delete([bell])
+        except UNREACHABLE as e:
+            log.warning("could not remove %s (it expires): %s", bell, describe(e))
 
     async def end(self, log_: RedisLog) -> None:
         try:
@@ -524,14 +682,16 @@ class RedisLog:
         self.last: str | None = None
         #: :attr:`last` when :meth:`Shard.resync` last looked.
         self.last_seen: str | None = None
-        #: Where this host's next append goes, as far as it knows.
+        #: Where this host's next append goes, as far as it knows: the offset,
+        #: and the sequence number of its entry ID.
         self.end_offset: int | None = None
+        self.sequence = 1
         self._loading: trio.Event | None = None
         # Entries that came while local readers had no room (block policy).
         self.paused = False
 
     async def append(self, data: bytes) -> None:
-        """One XADD whose ID is the offset this host expects the log to end at.
+        """One XADD whose ID is at the offset this host expects the log to end at.
 
         Redis refuses an ID not above the log's newest, so the XADD fails when
         another host appended first or the stream was ended: then the log's
@@ -539,38 +699,86 @@ class RedisLog:
         argument through Lua costs Redis 1.5 ms more than XADD alone (measured).
         """
         store = self.store
-        while True:
-            if self.end_offset is None:
-                self.end_offset = await self._log_end()
+        token = f"{store.host}:{next(store._tokens)}"
+        fields = {"d": data, "w": token}
+        entry: str | None = None  # the ID of the attempt on its way
+
+        async def attempt() -> bool:
+            nonlocal entry
+            entry = None
+            if self.end_offset is None and not await self._find_end():
+                await self._restore_keys()
+                return False
             offset = self.end_offset
+            entry = f"{offset}-{self.sequence}"
             # Trim to the ring, but never the chunk just written: the log's
             # newest entry is how a host finds where the log ends.
             oldest = min(offset, offset + len(data) - self.stream.settings.ring_buffer_size)
             try:
-                await store._call(store.client.xadd, self.key, {"d": data},
-                                  identifier=f"{offset}-1", trim_strategy=coredis.PureToken.MINID,
-                                  threshold=f"{max(oldest, 0)}-0",
-                                  trim_operator=coredis.PureToken.EQUAL)
+                added = await store.client.xadd(
+                    self.key, fields, identifier=entry, nomkstream=True,
+                    trim_strategy=coredis.PureToken.MINID, threshold=f"{max(oldest, 0)}-0",
+                    trim_operator=coredis.PureToken.EQUAL)
             except coredis.exceptions.ResponseError as e:
-                if "equal or smaller" not in str(e):
+                if not refused(e):
                     raise
                 self.end_offset = None
-                continue
-            self.end_offset = offset + len(data)
-            store.count(self.meta, "bytes", len(data))
-            store.count(self.meta, "chunks", 1)
-            return
+                return False
+            if added is None:
+                await self._restore_keys()
+                return False
+            return True
 
-    async def _log_end(self) -> int:
-        """The offset after the log's newest chunk; StreamClosed if it has ended."""
-        newest = await self.store._call(self.store.client.xrevrange, self.key, "+", "-",
-                                        count=1)
-        if not newest:
-            return 0
-        data = newest[0].field_values.get(b"d")
-        if data is None:
+        async def settle() -> bool:
+            if entry is None:
+                return False
+            if await store._settle_append(keys=[self.key], args=[entry, token]):
+                return True
+            self.end_offset = None
+            return False
+
+        await store._write(attempt, settle)
+        self.end_offset = offset_of(entry) + len(data)
+        self.sequence = 1
+        store.count(self.meta, "bytes", len(data))
+        store.count(self.meta, "chunks", 1)
+
+    async def _find_end(self) -> bool:
+        """Where the next append goes; False if the log is missing, StreamClosed if it ended."""
+        try:
+            info = await self.store.client.xinfo_stream(self.key)
+        except coredis.exceptions.ResponseError as e:
+            if "no such key" not in str(e):
+                raise
+            return False
+        end = 0
+        newest = info["last-entry"]
+        if newest is not None:
+            data = newest.field_values.get(b"d")
+            if data is None:
+                raise StreamClosed(self.stream.name)
+            end = offset_of(as_text(newest.identifier)) + len(data)
+        # IDs fenced at the end (or past it, where Redis lost chunks) are taken.
+        fenced, sequence = entry_key(as_text(info["last-generated-id"]))
+        self.end_offset = max(end, fenced)
+        self.sequence = sequence + 1 if fenced == self.end_offset else 1
+        return True
+
+    async def _restore_keys(self) -> None:
+        """The log is missing: make it again only if Redis still has the namespace.
+
+        Otherwise Redis restarted empty: every stream ends, this one too.
+        """
+        store = self.store
+        epoch = await store.client.get(store.epoch_key)
+        if epoch is None or epoch.decode() != store.epoch:
+            await store._check_epoch()
             raise StreamClosed(self.stream.name)
-        return offset_of(newest[0].identifier.decode()) + len(data)
+        if self.stream.removed:
+            raise StreamClosed(self.stream.name)
+        if await store._create(keys=[self.key, self.meta]):
+            log.warning("stream %r: its keys were missing in Redis; made again",
+                        self.stream.name)
 
     async def follow(self) -> None:
         if self.last is not None:
@@ -675,14 +883,14 @@ class Shard:
 
     def changed(self) -> None:
         """Read again with the new set of streams."""
-        if not self._ringing:
+        if not self._ringing and not self.store.leaving:
             self._ringing = True
             self.store._nursery.start_soon(self._ring)
 
     async def _ring(self) -> None:
         try:
-            await self.store._call(self.store.client.xadd, self.bell, {"w": "1"},
-                                   trim_strategy=coredis.PureToken.MAXLEN, threshold=1)
+            await self.store._call(self.store._ring_bell, keys=[self.bell],
+                                   args=[REMOVED_EXPIRY])
         except OSError:
             pass  # logged; the read is woken by the next entry of any stream
         finally:
@@ -761,6 +969,15 @@ class Shard:
 def shard_of(inode: int) -> int:
     """The shard of a stream: its creation's millisecond and sequence, spread."""
     return ((inode >> SEQUENCE_BITS) + inode) % SHARDS
+
+
+def refused(error: coredis.exceptions.ResponseError) -> bool:
+    """Whether Redis refused an entry ID because the stream's last ID is not below it."""
+    return "equal or smaller" in str(error) or "too large" in str(error)
+
+
+def as_text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def offset_of(entry_id: str) -> int:
