@@ -308,6 +308,10 @@ class RedisStore:
         self._replaying = False
         #: Set once the host is leaving.
         self.leaving = False
+        # Removed streams whose logs are being ended, and when none are.
+        self._ends_pending = 0
+        self._ends_done = trio.Event()
+        self._ends_done.set()
         self._end = self.client.register_script(END)
         self._totals = self.client.register_script(TOTALS)
         self._snapshot = self.client.register_script(SNAPSHOT)
@@ -630,6 +634,7 @@ class RedisStore:
             final[key] = -added
         self._added = {}
         with trio.move_on_after(WITHDRAW_TIMEOUT):
+            await self._ends_done.wait()
             async with trio.open_nursery() as nursery:
                 for (meta, figure), delta in final.items():
                     if delta:
@@ -650,12 +655,22 @@ class RedisStore:
         except UNREACHABLE as e:
             log.warning("could not remove %s (it expires): %s", bell, describe(e))
 
-    async def end(self, log_: RedisLog) -> None:
+    def start_end(self, log_: RedisLog) -> None:
+        """End a removed stream's log; a host that leaves does so first (its keys must expire)."""
+        if not self._ends_pending:
+            self._ends_done = trio.Event()
+        self._ends_pending += 1
+        self._nursery.start_soon(self._end_log, log_)
+
+    async def _end_log(self, log_: RedisLog) -> None:
         try:
-            await self._call(self._end, keys=[log_.key, log_.meta],
-                             args=[REMOVED_EXPIRY])
+            await self._call(self._end, keys=[log_.key, log_.meta], args=[REMOVED_EXPIRY])
         except OSError:
             pass  # logged; another host that applies the removal ends it too
+        finally:
+            self._ends_pending -= 1
+            if not self._ends_pending:
+                self._ends_done.set()
 
 
 class Commit:
@@ -835,7 +850,7 @@ class RedisLog:
 
     def end(self) -> None:
         if not self.store._replaying:
-            self.store._nursery.start_soon(self.store.end, self)
+            self.store.start_end(self)
 
     def count(self, figure: str, delta: int) -> None:
         self.store.count(self.meta, figure, delta)

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from conftest import DAEMON, REQUIRE_MOUNT, accepts, free_port, wait_until, xattr
-from redis_servers import cli
+from redis_servers import cli, stray_keys
+from test_redis_faults import remove_everything
 
 # Enough history that late joiners get everything a test writes.
 RING = "64MB"
@@ -28,17 +29,29 @@ RING = "64MB"
 
 @pytest.fixture
 def hosts(mount_with, redis_server):
-    """``hosts(n, *args)``: n mounts sharing a fresh namespace of ``redis_server``."""
+    """``hosts(n, *args)``: n mounts sharing a fresh namespace of ``redis_server``.
+
+    Afterwards every stream is removed and every host unmounts, and the namespace
+    must hold only the keys the README documents.
+    """
     namespace = "t" + secrets.token_hex(4)
     numbers = itertools.count()
+    mounts = []
 
     def start(n: int = 3, *args: str):
-        return [mount_with(f"--backend={redis_server.url}", f"--namespace={namespace}",
-                           f"--ring-buffer-size={RING}", *args, name=f"host{next(numbers)}")
-                for _ in range(n)]
+        started = [mount_with(f"--backend={redis_server.url}", f"--namespace={namespace}",
+                              f"--ring-buffer-size={RING}", *args, name=f"host{next(numbers)}")
+                   for _ in range(n)]
+        mounts.extend(started)
+        return started
 
     start.namespace = namespace
-    return start
+    yield start
+    if redis_server.running():
+        remove_everything(mounts)
+        for mount in mounts:
+            mount.close()
+        assert stray_keys(redis_server.port, namespace) == []
 
 
 def local_readers(path) -> int:
