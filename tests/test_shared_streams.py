@@ -345,11 +345,12 @@ def test_http_on_one_host_serves_streams_written_on_another(hosts):
     (c,) = hosts(1, "--http", f"127.0.0.1:{port}")
     wait_until(lambda: accepts(port), what="the HTTP port")
     (a / "s").touch()
+    os.chmod(a / "s", 0o666)  # anonymous HTTP requests act as nobody: the "other" bits
     curl = c.spawn(["curl", "-sS", "-N", f"http://127.0.0.1:{port}/s"])
     wait_until(lambda: local_readers(c / "s") == 1, what="the HTTP reader")
     with open(a / "s", "wb", buffering=0) as f:
         f.write(b"from A ")
-    put = subprocess.run(["curl", "-sS", "-X", "PUT", "--data-binary", "and HTTP",
+    put = subprocess.run(["curl", "-sSf", "-X", "PUT", "--data-binary", "and HTTP",
                           f"http://127.0.0.1:{port}/s"], capture_output=True, timeout=30)
     assert put.returncode == 0, put.stderr
     (b / "s").unlink()
