@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 from typing import TYPE_CHECKING
 
@@ -56,15 +57,21 @@ class MemoryBudget:
         return self.limit is None or self.used + footprint <= self.limit
 
     def shed(self) -> None:
-        """Take data from the sheddable readers furthest behind until ``used`` fits."""
-        spent: set[Reader] = set()
-        while self.over():
-            victim = max(
-                (r for r in self.readers
-                 if r.pending and r not in spent and r.stream.sheddable(r)),
-                key=lambda reader: reader.pending, default=None,
-            )
-            if victim is None:
-                return
-            if not victim.stream.shed(victim):
-                spent.add(victim)  # only a chunk it is part-way through is left
+        """Take data from the sheddable readers furthest behind until ``used`` fits.
+
+        A heap of readers by how far behind they are: a chunk shared by N
+        stalled readers is freed once all N have lost it, which costs
+        N log N here (a scan for the furthest behind before each drop cost N²:
+        a 128 KiB writer with 1,000 stalled HTTP readers at the cap managed
+        0.5 MB/s).
+        """
+        if not self.over():
+            return
+        behind = [(-reader.pending, order, reader) for order, reader in enumerate(self.readers)
+                  if reader.pending and reader.stream.sheddable(reader)]
+        heapq.heapify(behind)
+        while behind and self.over():
+            _, order, victim = heapq.heappop(behind)
+            # False: only a chunk it is part-way through is left, which is never taken.
+            if victim.stream.shed(victim) and victim.pending:
+                heapq.heappush(behind, (-victim.pending, order, victim))

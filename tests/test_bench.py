@@ -19,7 +19,8 @@ def test_quick_benchmark_runs_every_workload(tmp_path):
     expected = {"throughput_1 MiB", "throughput_1 MiB_pipe", "throughput_128 KiB",
                 "throughput_128 KiB_pipe", "fanout_4", "fanout_4_tee", "latency_1_pipe",
                 "latency_1", "memory_idle_readers", "flood_no_stalled", "flood_stalled",
-                "idle_cpu", "drop_policy", "http_1", "http_4", "http_latency_16", "scale"}
+                "idle_cpu", "drop_policy", "http_1", "http_4", "http_latency_16", "scale",
+                "http_stalled", "http_idle_readers"}
     assert expected <= set(document["results"])
     assert len(document["table"]) >= 13
     left = [line for line in Path("/proc/mounts").read_text().splitlines()
