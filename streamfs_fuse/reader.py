@@ -244,7 +244,7 @@ class Reader:
                 return b""
             data = chunk.data
             if len(data) <= size:
-                self._took(len(data))
+                self._gave(len(data))
                 self._done(chunk)
                 return self._join_queued(data, size)
             self._start(chunk)
@@ -268,7 +268,7 @@ class Reader:
                 return b""
             data = chunk.data
             if len(data) <= join:
-                self._took(len(data))
+                self._gave(len(data))
                 self._done(chunk)
                 return self._join_queued(data, join)
             self._start(chunk)
@@ -315,7 +315,7 @@ class Reader:
                 self._start(chunk)
                 pieces.append(self._take_current(room))
                 break
-            self._took(len(data))
+            self._gave(len(data))
             self._done(chunk)
             pieces.append(data)
             room -= len(data)
@@ -324,6 +324,11 @@ class Reader:
     def _took(self, size: int) -> None:
         self.pending -= size
         self.totals.queued_bytes -= size
+
+    def _gave(self, size: int) -> None:
+        """``size`` bytes left the queue for the reading program (not dropped or discarded)."""
+        self._took(size)
+        self.stream.delivered_bytes += size
 
     def _start(self, chunk: Chunk) -> None:
         self._current = chunk
@@ -338,7 +343,7 @@ class Reader:
         start = self._offset
         piece = self._view[start:start + size]
         self._offset = start + len(piece)
-        self._took(len(piece))
+        self._gave(len(piece))
         if self._offset == len(self._view):
             chunk = self._current
             self._current = self._view = None

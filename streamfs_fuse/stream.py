@@ -89,6 +89,8 @@ class StreamStatistics:
     #: History this host holds: for a shared stream, its mirror of the log's ring.
     local_ring_bytes: int
     queued_bytes: int
+    #: Bytes this host's readers have read, in all.
+    delivered_bytes: int
     #: Memory held for readers beyond the ring, with per-chunk overhead: what
     #: this stream counts against ``max_memory``.
     held_bytes: int
@@ -192,6 +194,8 @@ class Stream:
         self.writers = 0
         self.bytes_written = 0
         self.chunks_written = 0
+        #: Bytes this host's readers have read (a throughput counter, for monitoring).
+        self.delivered_bytes = 0
         self.held = 0
         self.dropped_chunks = 0
         self.dropped_bytes = 0
@@ -592,6 +596,7 @@ class Stream:
             local_writers=self.writers,
             local_ring_bytes=self.ring.nbytes,
             queued_bytes=self.reader_totals.queued_bytes,
+            delivered_bytes=self.delivered_bytes,
             held_bytes=self.held,
             dropped_chunks=self.dropped_chunks,
             dropped_bytes=self.dropped_bytes,
