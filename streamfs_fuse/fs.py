@@ -27,7 +27,6 @@ import logging
 import os
 import select
 import stat
-import time
 from dataclasses import asdict, dataclass, field
 
 import pyfuse3
@@ -38,7 +37,7 @@ from .budget import physical_memory
 from .interrupts import SignalWatch
 from .logs import RepeatedLog
 from .reader import Reader, ReaderDisconnected
-from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, StreamFile
+from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, OpenStream, StreamFile
 from .stream import SlowReaderPolicy, StreamClosed, Writer
 from .wait import Interrupted, Waiter
 
@@ -62,8 +61,10 @@ SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
 
 @dataclass(eq=False, slots=True)
 class Handle:
-    """One open() of a stream (slots: there may be 100,000)."""
+    """One open() of a stream: the core's open stream and what FUSE adds to it
+    (slots: there may be 100,000)."""
 
+    opened: OpenStream
     node: StreamFile
     reader: Reader | None
     writer: Writer | None
@@ -90,6 +91,12 @@ class Listing:
 
 
 failures = RepeatedLog(log)
+
+
+def access_of(flags: int) -> dict[str, bool]:
+    """Whether open(2) ``flags`` read, write, or both."""
+    access = flags & os.O_ACCMODE
+    return {"read": access in (os.O_RDONLY, os.O_RDWR), "write": access in (os.O_WRONLY, os.O_RDWR)}
 
 
 def failed(operation: str, error: Exception) -> pyfuse3.FUSEError:
@@ -338,41 +345,30 @@ class StreamFS(pyfuse3.Operations):
     # -- streams ---------------------------------------------------------
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        # The kernel has checked the permissions (default_permissions).
         namespace = self.namespace
-        parent = namespace.directory(parent_inode)
-        node = parent.entries.get(name)
-        if node is None:
-            node = await namespace.create(StreamFile, parent, name, mode, ctx.uid, ctx.gid)
-        elif flags & os.O_EXCL:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        elif not isinstance(node, StreamFile):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        info = await self._open(node, flags, ctx)
-        namespace.hold(node)
-        return info, self._attributes(node)
+        waiter = Waiter()
+        opened, _ = await namespace.open_name(
+            namespace.directory(parent_inode), name, **access_of(flags), create=True,
+            exclusive=bool(flags & os.O_EXCL), mode=mode, uid=ctx.uid, gid=ctx.gid,
+            waiter=waiter)
+        namespace.hold(opened.node)  # the kernel's lookup of the new name
+        return self._handle(opened, flags, ctx, waiter), self._attributes(opened.node)
 
     async def open(self, inode, flags, ctx):
-        node = self.namespace.node(inode)
-        if not isinstance(node, StreamFile):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        return await self._open(node, flags, ctx)
-
-    async def _open(self, node: StreamFile, flags: int, ctx) -> pyfuse3.FileInfo:
-        access = flags & os.O_ACCMODE
-        readable = access in (os.O_RDONLY, os.O_RDWR)
-        writable = access in (os.O_WRONLY, os.O_RDWR)
-        stream = node.stream
         waiter = Waiter()
-        # A handle's own read side must never hold back its own writes.
-        reader = await stream.join(waiter, lossy=writable) if readable else None
-        writer = stream.open_writer(waiter) if writable else None
-        self.namespace.hold(node)
+        opened = await self.namespace.open(self.namespace.node(inode), **access_of(flags),
+                                           waiter=waiter)
+        return self._handle(opened, flags, ctx, waiter)
+
+    def _handle(self, opened: OpenStream, flags: int, ctx, waiter: Waiter) -> pyfuse3.FileInfo:
         fh = next(self._fhs)
         pid = self.signals.opened(ctx.pid, waiter)
-        self._handles[fh] = Handle(node, reader, writer, bool(flags & os.O_NONBLOCK), waiter,
-                                   pid)
-        if reader is not None:
-            log.debug("stream %r: reader %d opened by pid %d", stream.name, reader.id, ctx.pid)
+        self._handles[fh] = Handle(opened, opened.node, opened.reader, opened.writer,
+                                   bool(flags & os.O_NONBLOCK), waiter, pid)
+        if opened.reader is not None:
+            log.debug("stream %r: reader %d opened by pid %d", opened.node.stream.name,
+                      opened.reader.id, ctx.pid)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def read(self, fh, off, size):
@@ -410,7 +406,7 @@ class StreamFS(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         try:
             handle = self._handles[fh]
-            written = await handle.writer.write(buf)
+            written = await handle.opened.write(buf)
         except StreamClosed:
             raise pyfuse3.FUSEError(errno.EPIPE) from None
         except Interrupted:
@@ -418,7 +414,6 @@ class StreamFS(pyfuse3.Operations):
         except Exception as e:  # nor is write
             raise failed("write", e) from None
         handle.position = off + written  # the handle's reads share its file offset
-        handle.node.mtime_ns = handle.node.ctime_ns = time.time_ns()
         return written
 
     async def poll(self, inode, fh, poll_handle, ctx):
@@ -461,13 +456,8 @@ class StreamFS(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self._handles.pop(fh)
-        node = handle.node
-        if handle.reader is not None:
-            node.stream.release_reader(handle.reader)
-        if handle.writer is not None:
-            handle.writer.close()
+        handle.opened.close()
         self.signals.released(handle.pid, handle.waiter)
-        self.namespace.release(node)
 
     # -- extended attributes ---------------------------------------------
 

@@ -23,7 +23,6 @@ import json
 import os
 import posixpath
 import pwd
-import time
 from contextlib import aclosing
 from dataclasses import asdict
 from urllib.parse import unquote_to_bytes
@@ -114,66 +113,47 @@ class NativeRoutes:
 
     async def stream(self, exchange: Exchange, node: Node, kind: bytes | None = None) -> None:
         """Send the stream at ``node``, as ``cat`` reads it, until rm."""
-        if isinstance(node, Directory):
-            raise fail(errno.EISDIR)
-        self.namespace.open_check(exchange.identity, node, read=True, write=False)
-        namespace, stream = self.namespace, node.stream
-        namespace.hold(node)
-        reader = await stream.join()
+        opened = await self.namespace.open(node, read=True, write=False,
+                                           identity=exchange.identity)
         try:
-            await exchange.send_stream(reader, [
+            await exchange.send_stream(opened.reader, [
                 (b"content-type", kind or content_type(node.name).encode()),
                 (b"cache-control", b"no-cache, no-store"),
                 (b"x-content-type-options", b"nosniff"),
             ])
         finally:
-            stream.release_reader(reader)
-            namespace.release(node)
+            opened.close()
 
     async def upload(self, exchange: Exchange, names: list[bytes]) -> tuple[StreamFile, bool, int]:
         """Append the request body to the stream at ``names``, creating it if needed.
 
         The stream is made only once the body's first piece has arrived
         whole, so a request whose body is malformed from the start makes
-        nothing. Returns the node, whether it was made, and the bytes written.
+        nothing; who may do it is checked before the body is read as well.
+        Returns the node, whether it was made, and the bytes written.
         """
         identity = exchange.identity
         namespace = self.namespace
         parent = self.parent_of(names, identity)
-        node = parent.entries.get(names[-1])
-        if node is None:
-            check(identity, Access.WRITE | Access.SEARCH, parent)
-        elif isinstance(node, StreamFile):
-            namespace.open_check(identity, node, read=False, write=True)
-        else:
-            raise fail(errno.EISDIR)
+        namespace.check_open_name(identity, parent, names[-1], read=False, write=True,
+                                  create=True)
         async with aclosing(exchange.body_pieces()) as pieces:
             first = await anext(pieces, None)
-            created = False
-            node = parent.entries.get(names[-1])  # again: the body took time
-            if node is None:
-                node = await namespace.create(StreamFile, parent, names[-1], UPLOAD_MODE,
-                                              identity.uid, primary_gid(identity, parent),
-                                              identity=identity)
-                created = True
-            elif not isinstance(node, StreamFile):
-                raise fail(errno.EISDIR)
-            namespace.hold(node)
-            writer = node.stream.open_writer()
+            opened, created = await namespace.open_name(
+                parent, names[-1], read=False, write=True, create=True, mode=UPLOAD_MODE,
+                uid=identity.uid, gid=primary_gid(identity, parent), identity=identity)
             written = 0
             try:
                 if first is not None:
-                    written += await writer.write(first)
+                    written += await opened.write(first)
                     first = None
                     async for piece in pieces:
-                        written += await writer.write(piece)
-                node.mtime_ns = node.ctime_ns = time.time_ns()
+                        written += await opened.write(piece)
             except StreamClosed:
                 raise Refused(410, "the stream was removed while it was being written") from None
             finally:
-                writer.close()
-                namespace.release(node)
-        return node, created, written
+                opened.close()
+        return opened.node, created, written
 
     async def remove(self, exchange: Exchange, names: list[bytes], *,
                      recursive: bool = False) -> None:

@@ -32,15 +32,20 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
-from .stream import SharedLog, SlowReaderPolicy, Stream, StreamSettings
+from .stream import SharedLog, SlowReaderPolicy, Stream, StreamSettings, Writer
+from .wait import Waiter
 
-__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "StreamFile", "TreeStore",
+if TYPE_CHECKING:
+    from .reader import Reader
+
+__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "OpenStream", "StreamFile",
+           "TreeStore",
            "fail"]
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,39 @@ class Directory(Node):
 @dataclass(eq=False)
 class StreamFile(Node):
     stream: Stream | None = None
+
+
+class OpenStream:
+    """One open of a stream, by any door: the hold on its node, its reader and its writer.
+
+    :meth:`close` undoes all three. A write stamps the node's mtime here, the
+    one place that rule lives (on this host: a shared stream's mtime is the
+    writing host's).
+    """
+
+    __slots__ = ("namespace", "node", "reader", "writer")
+
+    def __init__(self, namespace: Namespace, node: StreamFile, reader: Reader | None,
+                 writer: Writer | None) -> None:
+        self.namespace = namespace
+        self.node = node
+        self.reader = reader
+        self.writer = writer
+
+    async def write(self, data: bytes) -> int:
+        """Append ``data`` as one chunk; raises :class:`~.stream.StreamClosed` after rm."""
+        written = await self.writer.write(data)
+        node = self.node
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        return written
+
+    def close(self) -> None:
+        node = self.node
+        if self.reader is not None:
+            node.stream.release_reader(self.reader)
+        if self.writer is not None:
+            self.writer.close()
+        self.namespace.release(node)
 
 
 Event = dict[str, Any]
@@ -175,7 +213,72 @@ class Namespace:
             node = node.parent
         return "/" + os.fsdecode(b"/".join(reversed(parts)))
 
+    # -- opening streams -------------------------------------------------------
+
+    async def open(self, node: Node, *, read: bool, write: bool,
+                   identity: Identity | None = None, waiter: Waiter | None = None) -> OpenStream:
+        """Open the stream at ``node`` to read (from its history on) and/or write.
+
+        A handle that also writes reads lossily: its own read side must never
+        hold back its own writes (see :attr:`~.reader.Reader.lossy`).
+        """
+        if not isinstance(node, StreamFile):
+            raise fail(errno.EISDIR)
+        self.open_check(identity, node, read, write)
+        stream = node.stream
+        waiter = waiter or Waiter()
+        reader = await stream.join(waiter, lossy=write) if read else None
+        writer = stream.open_writer(waiter) if write else None
+        self.hold(node)
+        return OpenStream(self, node, reader, writer)
+
+    async def open_name(self, parent: Directory, name: bytes, *, read: bool, write: bool,
+                        create: bool = False, exclusive: bool = False, mode: int = 0o644,
+                        uid: int = 0, gid: int = 0, identity: Identity | None = None,
+                        waiter: Waiter | None = None) -> tuple[OpenStream, bool]:
+        """Open ``name`` in ``parent``, creating it (owned by ``uid``/``gid``) if asked.
+
+        Returns the open stream and whether it was made. As open(2): EEXIST
+        if ``exclusive`` and it exists, EISDIR for a directory, and a stream
+        just made is opened whatever its mode. A name another host made
+        meanwhile is opened, unless ``exclusive``.
+        """
+        if identity is not None:
+            self.check_open_name(identity, parent, name, read=read, write=write, create=create)
+        node = parent.entries.get(name)
+        created = False
+        if node is None:
+            if not create:
+                raise fail(errno.ENOENT)
+            try:
+                node = await self.create(StreamFile, parent, name, mode, uid, gid,
+                                         identity=identity)
+                created = True
+            except FileExistsError:
+                if exclusive:
+                    raise
+                node = self.child(parent, name)
+        elif exclusive and create:
+            raise fail(errno.EEXIST)
+        opened = await self.open(node, read=read, write=write,
+                                 identity=None if created else identity, waiter=waiter)
+        return opened, created
+
     # -- who may ------------------------------------------------------------
+
+    def check_open_name(self, identity: Identity, parent: Directory, name: bytes, *,
+                        read: bool, write: bool, create: bool) -> None:
+        """What :meth:`open_name` would refuse ``identity``, asked before it acts
+        (a door checks before it reads an upload's body)."""
+        node = parent.entries.get(name)
+        if node is None:
+            if not create:
+                raise fail(errno.ENOENT)
+            self._check_create(identity, parent, name)
+        elif not isinstance(node, StreamFile):
+            raise fail(errno.EISDIR)
+        else:
+            self.open_check(identity, node, read, write)
 
     @staticmethod
     def open_check(identity: Identity | None, node: Node, read: bool, write: bool) -> None:

@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from streamfs_fuse.access import NOBODY, ROOT, Identity
-from streamfs_fuse.namespace import Namespace, StreamFile
+from streamfs_fuse.namespace import Directory, Namespace, StreamFile
 from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
 
 from test_shared_core import RecordingStore
@@ -48,3 +48,38 @@ async def test_snapshots_without_a_policy_column_still_restore():
     other = Namespace(StreamSettings(), 0, 0)
     other.restore(rows)
     assert other.child(other.root, b"s").stream.policy is SlowReaderPolicy.DROP
+
+
+async def test_open_name_is_create_or_open_for_every_door():
+    namespace = Namespace(StreamSettings(), 0, 0)
+    shared = await namespace.create(Directory, namespace.root, b"shared", 0o777, 0, 0)
+    opened, created = await namespace.open_name(shared, b"s", read=False, write=True,
+                                                create=True, mode=0o400, uid=1000, gid=1000,
+                                                identity=ALICE)
+    # Made by ALICE with mode 0400, and still opened for writing: as open(2) with O_CREAT.
+    assert created and (opened.node.uid, opened.node.mode & 0o777) == (1000, 0o400)
+    before = opened.node.mtime_ns
+    assert await opened.write(b"abc") == 3 and opened.node.mtime_ns >= before
+    again, created = await namespace.open_name(shared, b"s", read=True, write=False,
+                                               create=True, identity=ROOT)
+    assert not created and again.node is opened.node and again.reader is not None
+    assert await again.reader.read(10) == b"abc"
+    for kwargs, code in [({"create": True, "exclusive": True}, errno.EEXIST),
+                         ({"identity": ALICE}, errno.EACCES),  # 0400: ALICE may not write now
+                         ({"identity": NOBODY}, errno.EACCES)]:
+        with pytest.raises(OSError) as refused:
+            await namespace.open_name(shared, b"s", read=False, write=True, **kwargs)
+        assert refused.value.errno == code, kwargs
+    with pytest.raises(FileNotFoundError):
+        await namespace.open_name(shared, b"missing", read=True, write=False)
+    assert opened.node.holds == 2
+    opened.close()
+    again.close()
+    assert opened.node.holds == 0 and not opened.node.stream.readers
+    assert opened.node.stream.writers == 0
+
+
+async def test_open_refuses_a_directory():
+    namespace = Namespace(StreamSettings(), 0, 0)
+    with pytest.raises(IsADirectoryError):
+        await namespace.open(namespace.root, read=True, write=False)
