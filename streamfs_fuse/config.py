@@ -24,7 +24,8 @@ from .stream import SlowReaderPolicy, StreamSettings
 
 __all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
            "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
-           "sections_from", "check_backend", "check_http", "HTTPSettings"]
+           "sections_from", "check_backend", "check_http", "HTTPSettings",
+           "token_in_the_clear"]
 
 
 class ConfigError(Exception):
@@ -75,6 +76,17 @@ class HTTPSettings:
     max_connections: int | None = None
     #: An upload that sends nothing for this long is ended (what arrived is kept).
     body_timeout: float = 60.0
+    #: TLS: the certificate chain and its private key (PEM); both or neither.
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Refuse to start when a token would travel off loopback without TLS.
+    require_tls: bool = False
+    #: ``GET /metrics`` answers anonymous requests (nobody) too.
+    metrics_public: bool = False
+    #: Series per stream (labelled by path); False reports totals only.
+    metrics_per_stream: bool = True
+    #: Past this many streams, /metrics reports totals only (a bounded label set).
+    metrics_max_streams: int = 1000
 
 
 @dataclass
@@ -242,6 +254,27 @@ def parse_http_token_file(value: Any, what: str) -> str:
     return path
 
 
+def parse_pem_file(value: Any, what: str) -> str:
+    """The absolute path of a readable file (a PEM certificate or key)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what}: expected the path of a PEM file, got {value!r}")
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {value}: {e.strerror}") from None
+    return os.path.abspath(value)
+
+
+def parse_yes_no(value: Any, what: str) -> bool:
+    """``yes`` or ``no`` (a flag's or -o's value), or a TOML boolean."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        return value.strip().lower() == "yes"
+    raise ConfigError(f"{what}: expected yes or no, got {value!r}")
+
+
 def parse_count(value: Any, what: str) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
@@ -391,6 +424,25 @@ SETTINGS = (
     Setting("http_body_timeout", parse_seconds,
             "an HTTP upload that sends nothing for this long is ended; what arrived is kept",
             metavar="SECONDS", section="http", field="body_timeout"),
+    Setting("http_cert", parse_pem_file,
+            "serve HTTPS on the TCP addresses with this certificate chain (PEM); needs "
+            "--http-key", metavar="FILE", section="http", field="cert_file",
+            shown_default="none: plain HTTP"),
+    Setting("http_key", parse_pem_file,
+            "the private key of --http-cert (PEM)",
+            metavar="FILE", section="http", field="key_file"),
+    Setting("http_require_tls", parse_switch,
+            "refuse to start when a token would be sent off loopback without TLS (rather "
+            "than warn)", section="http", field="require_tls", switch=True),
+    Setting("metrics_public", parse_switch,
+            "answer GET /metrics without a token too (as nobody: only streams others may "
+            "read)", section="http", switch=True),
+    Setting("metrics_per_stream", parse_yes_no,
+            "report each stream's series in /metrics (labelled by path); no: totals only",
+            metavar="yes|no", choices=("yes", "no"), section="http", shown_default="yes"),
+    Setting("metrics_max_streams", parse_count,
+            "past this many streams /metrics reports totals only, so the label set stays "
+            "bounded", metavar="N", section="http"),
     Setting("backend", parse_backend,
             "share the tree and its streams with every mount that names the same Redis: "
             "redis://HOST:PORT/DB, rediss:// (TLS), unix://PATH, redis+cluster://H1:P1,H2:P2",
@@ -424,11 +476,26 @@ def check_backend(settings: StreamSettings, backend: BackendSettings) -> None:
 
 
 def check_http(http: HTTPSettings) -> None:
-    """Rules across the HTTP settings: off the loopback interface, a token is required."""
+    """Rules across the HTTP settings: off the loopback interface, a token is required,
+    and with --http-require-tls, TLS too."""
+    tcp = any(not isinstance(address, str) for address in http.addresses)
+    if tcp and (http.cert_file is None) != (http.key_file is None):
+        raise ConfigError("--http-cert and --http-key go together: give both, or neither")
     for address in http.addresses:
         if not isinstance(address, str) and not is_loopback(address[0]) and not http.token_file:
             raise ConfigError(f"--http {format_address(address)} is not loopback: give "
                               f"--http-token FILE so that requests must carry a bearer token")
+    if http.require_tls and (exposed := token_in_the_clear(http)):
+        raise ConfigError(f"--http {exposed} is not loopback and serves plain HTTP, where the "
+                          "token travels in the clear: give --http-cert and --http-key")
+
+
+def token_in_the_clear(http: HTTPSettings) -> str | None:
+    """An address off loopback where a token would travel over plain HTTP, if any."""
+    if http.token_file is None or http.cert_file is not None:
+        return None
+    return next((format_address(a) for a in http.addresses
+                 if not isinstance(a, str) and not is_loopback(a[0])), None)
 
 
 def parse_mount_options(text: str) -> tuple[dict[str, Any], set[str]]:

@@ -37,6 +37,7 @@ import resource
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 
@@ -404,6 +405,8 @@ class HTTPDoor:
         #: Connections waiting for a request, oldest first: the first to go at the cap.
         self._idle: dict[Connection, None] = {}
         self._refusing = 0
+        #: Answers given, by status (for /metrics).
+        self.responses: Counter[int] = Counter()
 
     # -- listening -----------------------------------------------------------
 
@@ -459,6 +462,7 @@ class HTTPDoor:
                 with trio.move_on_after(1.0):
                     await sock.send_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
                                         b"connection: close\r\ncontent-length: 0\r\n\r\n")
+                    self.responses[503] += 1
         except HANGUPS:
             pass
         finally:
@@ -490,6 +494,8 @@ class HTTPDoor:
                                 headers=[(b"host", b"-")]), NOBODY, 0)
             exchange.close_after = True
             await exchange.error(e.error_status_hint, str(e))
+            if exchange.status:
+                self.responses[exchange.status] += 1
         except HANGUPS:
             log.debug("an HTTP client went away")
         except Exception as e:  # a bug must cost one connection, not the daemon
@@ -540,6 +546,8 @@ class HTTPDoor:
             await exchange.error(e.error_status_hint, str(e))
         finally:
             self.active -= 1
+            if exchange.status:
+                self.responses[exchange.status] += 1
             if log.isEnabledFor(logging.INFO):
                 log.info("HTTP %s %s as uid %d: %s", request.method.decode(errors="replace"),
                          request.target.decode(errors="replace"), exchange.identity.uid,

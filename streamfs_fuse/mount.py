@@ -123,8 +123,13 @@ def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
             raise MountError(f"cannot read {settings.token_file}: {e.strerror}") from None
     # Anonymous requests act as nobody on loopback; off it a token is required.
     anonymous = all(isinstance(a, str) or is_loopback(a[0]) for a in settings.addresses)
-    return HTTPDoor(AGFSRoutes(namespace, settings), settings, token=token, token_owner=owner,
-                    anonymous=anonymous)
+    # Imported here: prometheus_client takes 50 ms to import, which a mount
+    # without HTTP should not pay.
+    from .metrics import MetricsRoutes
+    routes = MetricsRoutes(AGFSRoutes(namespace, settings), namespace, None, settings)
+    door = HTTPDoor(routes, settings, token=token, token_owner=owner, anonymous=anonymous)
+    routes.door = door
+    return door
 
 
 def check_address(address: tuple[str, int] | str) -> None:

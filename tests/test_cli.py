@@ -102,7 +102,9 @@ def sample(setting, tmp_path):
             "agfs_path": "/media/live", "backend": "redis://10.0.0.5:6379/1",
             "namespace": "cams", "backend_password_file": token_file(tmp_path),
             "backend_timeout": "3s", "http_max_connections": "100",
-            "http_body_timeout": "5s"}.get(setting.name, "1MB")
+            "http_body_timeout": "5s", "http_cert": token_file(tmp_path, name="cert"),
+            "http_key": token_file(tmp_path, name="key"),
+            "metrics_max_streams": "5"}.get(setting.name, "1MB")
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
