@@ -35,6 +35,8 @@ precedence: flags > -o > --config file > defaults.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamfs-fuse", description=DESCRIPTION, epilog=EPILOG,
+        usage="%(prog)s [options] [source] mountpoint\n       %(prog)s status MOUNTPOINT "
+              "[--once] (what the streams are doing; see streamfs-fuse status --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", nargs="?", help="name shown as the file system's source "
@@ -86,6 +88,10 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # streamfs-fuse status MOUNTPOINT: see status.py
+        from .status import main as status
+        return status(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
