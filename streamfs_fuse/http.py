@@ -35,6 +35,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -390,9 +391,11 @@ class HTTPDoor:
 
     def __init__(self, routes: Routes, settings: HTTPSettings, *, token: bytes | None = None,
                  token_owner: Identity | None = None, max_connections: int | None = None,
-                 anonymous: bool = True) -> None:
+                 anonymous: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.routes = routes
         self.settings = settings
+        #: With a context, TCP connections are served over TLS (HTTPS); Unix sockets never.
+        self.tls = tls
         self._token = token
         self._token_owner = token_owner
         #: Whether a request without a token is served (as nobody) on TCP.
@@ -419,7 +422,8 @@ class HTTPDoor:
                 host, port = address
                 listeners.extend(await trio.open_tcp_listeners(port, host=host))
         for listener in listeners:
-            log.info("serving HTTP on %s", listener.socket.getsockname() or "?")
+            log.info("serving %s on %s", "HTTPS" if self.tls and listener.socket.family
+                     != socket.AF_UNIX else "HTTP", listener.socket.getsockname() or "?")
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(self._accept, listener, nursery)
@@ -437,6 +441,10 @@ class HTTPDoor:
                     failures.warning("HTTP accept failed: %s; trying again", e.strerror)
                     await trio.sleep(0.1)
                     continue
+                if self.tls is not None and not unix:
+                    # The handshake is made by the first receive: under the head's deadline.
+                    sock = trio.SSLStream(sock, self.tls, server_side=True,
+                                          https_compatible=True)
                 self._admit(sock, unix, nursery)
 
     def _admit(self, sock: trio.SocketStream, unix: bool, nursery: trio.Nursery) -> None:

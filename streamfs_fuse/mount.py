@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import stat
 import sys
 from typing import TYPE_CHECKING
@@ -26,7 +27,8 @@ import trio
 from . import fuse_intake
 from .access import Identity
 from .agfs import AGFSRoutes
-from .config import BackendSettings, HTTPSettings, MountConfig, is_loopback
+from .config import (BackendSettings, HTTPSettings, MountConfig, is_loopback,
+                     token_in_the_clear)
 from .fs import StreamFS
 from .http import HTTPDoor
 from .logs import INTERVAL, RepeatedLog
@@ -123,13 +125,32 @@ def http_door(settings: HTTPSettings, namespace: Namespace) -> HTTPDoor | None:
             raise MountError(f"cannot read {settings.token_file}: {e.strerror}") from None
     # Anonymous requests act as nobody on loopback; off it a token is required.
     anonymous = all(isinstance(a, str) or is_loopback(a[0]) for a in settings.addresses)
+    if exposed := token_in_the_clear(settings):
+        print(f"streamfs-fuse: warning: --http {exposed} is not loopback and serves plain "
+              "HTTP: the token travels in the clear (give --http-cert and --http-key, or "
+              "--http-require-tls to refuse this)", file=sys.stderr)
     # Imported here: prometheus_client takes 50 ms to import, which a mount
     # without HTTP should not pay.
     from .metrics import MetricsRoutes
     routes = MetricsRoutes(AGFSRoutes(namespace, settings), namespace, None, settings)
-    door = HTTPDoor(routes, settings, token=token, token_owner=owner, anonymous=anonymous)
+    door = HTTPDoor(routes, settings, token=token, token_owner=owner, anonymous=anonymous,
+                    tls=tls_context(settings))
     routes.door = door
     return door
+
+
+def tls_context(settings: HTTPSettings) -> ssl.SSLContext | None:
+    """The server side of TLS from --http-cert and --http-key, if given."""
+    if settings.cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise MountError(f"cannot use --http-cert {settings.cert_file} and --http-key "
+                         f"{settings.key_file}: {getattr(e, 'strerror', None) or e}") from None
+    return context
 
 
 def check_address(address: tuple[str, int] | str) -> None:
