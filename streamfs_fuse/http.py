@@ -17,9 +17,9 @@ Invariants:
 - The door never runs the process out of descriptors: at most
   ``max_connections`` are served at once; past that the oldest connection
   waiting for a request is closed, or the newcomer gets 503.
-- What a connection holds to send is one piece of a chunk still counted by the
-  core (see :meth:`~.reader.Reader.read_for_sending`), or a copy of at most
-  :data:`SEND_JOIN` bytes; what it buffers from its client is bounded by
+- What a connection holds to send is views of chunks still counted by the
+  core (see :meth:`~.reader.Reader.read_for_sending`), never a copy; what it
+  buffers from its client is bounded by
   :data:`MAX_HEAD` (pipelined requests) and :data:`UPLOAD_PIECE` (a body).
 - A request head must arrive within :data:`HEAD_TIMEOUT`, and an upload
   that sends nothing for ``body_timeout`` is ended (what arrived is kept).
@@ -65,8 +65,8 @@ READ_SIZE = 1024 * 1024
 #: client's few bytes are read :data:`MAX_HEAD` at a time, all they can be
 #: (1,000 stalled readers cost the same RSS either way: +51 MB at a 32 MB cap).
 BODY_RECEIVE = 256 * 1024
-#: Chunks up to this size are joined into one send: the only copy a response makes.
-SEND_JOIN = 64 * 1024
+#: Most chunks sent in one writev (the kernel takes at most 1,024 pieces).
+SEND_GATHER = 512
 #: Largest stream chunk an upload makes: one HTTP chunk is one stream chunk up
 #: to this size, as one write() is through FUSE; a Content-Length body is cut
 #: into pieces of this size.
@@ -300,7 +300,7 @@ class Exchange:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_hangup, nursery.cancel_scope)
             try:
-                while data := await reader.read_for_sending(READ_SIZE, SEND_JOIN):
+                while data := await reader.read_for_sending(READ_SIZE, SEND_GATHER):
                     await self._send_data(data)
                     data = None  # not held while the next read waits
             except ReaderDisconnected:
@@ -329,15 +329,30 @@ class Exchange:
         self.conn.send_failed()
         scope.cancel()
 
-    async def _send_data(self, data) -> None:
-        pieces = self.conn.send_with_data_passthrough(h11.Data(data=data))
-        if len(data) < SEND_JOIN:
-            await self.sock.send_all(b"".join(pieces))
-        elif isinstance(self.sock, trio.SocketStream):
-            await send_vectored(self.sock, pieces)
-        else:
-            for piece in pieces:
-                await self.sock.send_all(piece)
+    async def _send_data(self, views: list[memoryview]) -> None:
+        """One HTTP chunk of ``views``, with its header and trailer, in one writev."""
+        pieces = self.conn.send_with_data_passthrough(h11.Data(data=Gathered(views)))
+        if isinstance(self.sock, trio.SocketStream):
+            await send_vectored(self.sock, [view for piece in pieces for view in (
+                piece.views if isinstance(piece, Gathered) else (piece,))])
+        else:  # a memory stream (tests)
+            await self.sock.send_all(b"".join(
+                b"".join(piece.views) if isinstance(piece, Gathered) else piece
+                for piece in pieces))
+
+
+class Gathered:
+    """Several views sent as one HTTP chunk: h11 frames it by its length, and
+    passes it through untouched for :func:`send_vectored` to send without joining."""
+
+    __slots__ = ("views", "size")
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self.views = views
+        self.size = sum(map(len, views))
+
+    def __len__(self) -> int:
+        return self.size
 
 
 async def send_vectored(sock: trio.SocketStream, pieces: list) -> None:
@@ -349,19 +364,21 @@ async def send_vectored(sock: trio.SocketStream, pieces: list) -> None:
     """
     fd = sock.socket.fileno()
     views = [memoryview(piece) for piece in pieces]
+    first = 0  # views before it are sent
     await trio.lowlevel.checkpoint()
-    while views:
+    while first < len(views):
         try:
-            sent = os.writev(fd, views)
+            sent = os.writev(fd, views[first:] if first else views)
         except BlockingIOError:
             await trio.lowlevel.wait_writable(fd)
             continue
         except OSError as e:
             raise trio.BrokenResourceError(str(e)) from e
-        while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
+        while first < len(views) and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
         if sent:
-            views[0] = views[0][sent:]
+            views[first] = views[first][sent:]
 
 
 Routes = Callable[[Exchange], Awaitable[None]]

@@ -98,9 +98,9 @@ class Reader:
         self._current: Chunk | None = None
         self._view: memoryview | None = None
         self._offset = 0
-        # The chunk whose last piece read_for_sending() gave out: still held
-        # (and counted) until the sender asks for more.
-        self._sent: Chunk | None = None
+        # The chunks read_for_sending() gave out to their ends: still held (and
+        # counted) until the sender asks for more. A list only while there are.
+        self._sent: list[Chunk] | None = None
         # Writers waiting for this reader to make room (the ``block`` policy),
         # and reads waiting for the next chunk. Made when first needed: an idle
         # reader of 100,000 should not carry two empty ones (370 bytes).
@@ -250,29 +250,34 @@ class Reader:
             self._start(chunk)
         return self._take_current(size)
 
-    async def read_for_sending(self, size: int, join: int) -> bytes | memoryview:
+    async def read_for_sending(self, size: int, count: int) -> list[memoryview]:
         """As :meth:`read`, for a door that sends what it gets after this returns.
 
-        A chunk larger than ``join`` is given out as views, and stays queued
-        (in ``held_bytes`` and under the memory cap) until the next call, or
-        close: a client that stops reading holds nothing the budget does not
-        see, and no copy. Smaller chunks are joined into at most ``join``
-        bytes, the one copy a sender holds beyond its chunks.
+        Returns views of up to ``count`` queued chunks, ``size`` bytes in all,
+        without copying; ``[]`` at EOF. The chunks stay queued (in
+        ``held_bytes`` and under the memory cap) until the next call, or
+        close: a client that stops reading holds nothing the budget does not see.
         """
-        if self._sent is not None:
-            chunk, self._sent = self._sent, None
-            self._done(chunk)
+        self._release_sent()
         if self._current is None:
             chunk = await self._next_chunk(False)
             if chunk is None:
-                return b""
-            data = chunk.data
-            if len(data) <= join:
-                self._gave(len(data))
-                self._done(chunk)
-                return self._join_queued(data, join)
+                return []
             self._start(chunk)
-        return self._take_current(size, keep=True)
+        pieces = [self._take_current(size, keep=True)]
+        room = size - len(pieces[0])
+        while room > 0 and len(pieces) < count and self._current is None and self.pending:
+            self._start(self._receive.receive_nowait())
+            piece = self._take_current(room, keep=True)
+            pieces.append(piece)
+            room -= len(piece)
+        return pieces
+
+    def _release_sent(self) -> None:
+        sent, self._sent = self._sent, None
+        if sent:
+            for chunk in sent:
+                self._done(chunk)
 
     async def _next_chunk(self, nonblocking: bool) -> Chunk | None:
         """The next queued chunk, waiting for one unless ``nonblocking``; None at EOF."""
@@ -338,7 +343,7 @@ class Reader:
     def _take_current(self, size: int, keep: bool = False) -> memoryview:
         """The next ``size`` bytes of the chunk being served, without copying.
 
-        With ``keep``, a chunk read to its end is held as ``_sent``, not let go.
+        With ``keep``, a chunk read to its end is held in ``_sent``, not let go.
         """
         start = self._offset
         piece = self._view[start:start + size]
@@ -348,7 +353,9 @@ class Reader:
             chunk = self._current
             self._current = self._view = None
             if keep:
-                self._sent = chunk
+                if self._sent is None:
+                    self._sent = []
+                self._sent.append(chunk)
             else:
                 self._done(chunk)
         return piece
@@ -384,9 +391,7 @@ class Reader:
             )
 
     def _discard_queue(self) -> None:
-        if self._sent is not None:
-            chunk, self._sent = self._sent, None
-            self._done(chunk)
+        self._release_sent()
         if self._current is not None:
             self._took(len(self._view) - self._offset)
             chunk = self._current

@@ -83,3 +83,37 @@ async def test_open_refuses_a_directory():
     namespace = Namespace(StreamSettings(), 0, 0)
     with pytest.raises(IsADirectoryError):
         await namespace.open(namespace.root, read=True, write=False)
+
+
+async def test_a_sender_gets_views_of_queued_chunks_held_until_it_asks_again():
+    namespace = Namespace(StreamSettings(ring_buffer_size=0), 0, 0)
+    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    opened = await namespace.open(node, read=True, write=False)
+    writer = await namespace.open(node, read=False, write=True)
+    for data in (b"a" * 10, b"b" * 20, b"c" * 30):
+        await writer.write(data)
+    reader, stream = opened.reader, node.stream
+    pieces = await reader.read_for_sending(45, 8)
+    # Views, not copies: the first two chunks whole, then part of the third.
+    assert [bytes(p) for p in pieces] == [b"a" * 10, b"b" * 20, b"c" * 15]
+    assert all(isinstance(p, memoryview) for p in pieces)
+    # Until the sender asks again, what it was given is still held and counted.
+    assert stream.statistics().held_bytes == sum(c.footprint for c in [*reader._sent,
+                                                                      reader._current])
+    assert [bytes(p) for p in await reader.read_for_sending(100, 8)] == [b"c" * 15]
+    opened.close()
+    writer.close()
+    assert stream.statistics().held_bytes == 0
+
+
+async def test_a_sender_takes_at_most_count_chunks():
+    namespace = Namespace(StreamSettings(), 0, 0)
+    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    opened = await namespace.open(node, read=True, write=False)
+    writer = await namespace.open(node, read=False, write=True)
+    for i in range(10):
+        await writer.write(b"%d" % i)
+    assert [bytes(p) for p in await opened.reader.read_for_sending(1 << 20, 4)] == [
+        b"0", b"1", b"2", b"3"]
+    opened.close()
+    writer.close()
