@@ -18,6 +18,7 @@ behave. Errors are the namespace's errno, which the door turns into a status.
 from __future__ import annotations
 
 import errno
+import functools
 import html
 import json
 import os
@@ -63,10 +64,18 @@ def content_type(name: bytes) -> str:
 
 def primary_gid(identity: Identity, parent: Directory) -> int:
     """The group a node made by ``identity`` gets: its login group, else the directory's."""
+    gid = login_group(identity.uid)
+    return parent.gid if gid is None else gid
+
+
+@functools.lru_cache(maxsize=1024)
+def login_group(uid: int) -> int | None:
+    """The user database's primary group of ``uid``, looked up once (it was 3.6% of the
+    daemon's time on AGFS's 64 KiB PUTs: every upload names the group a new stream would get)."""
     try:
-        return pwd.getpwuid(identity.uid).pw_gid
+        return pwd.getpwuid(uid).pw_gid
     except KeyError:
-        return parent.gid
+        return None
 
 
 class NativeRoutes:
