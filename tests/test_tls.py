@@ -4,6 +4,8 @@ and the warning, or with --http-require-tls the refusal, of a token sent in the 
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 from functools import partial
 
@@ -128,3 +130,50 @@ def test_a_token_in_the_clear_off_loopback_is_warned_of_or_refused(mount_with, t
     secure, _ = https_mount(mount_with, tmp_path, certificate, "--http-require-tls",
                             host="0.0.0.0", name="secure")
     assert "warning" not in secure.log()
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_stalled_https_readers_hold_no_copy_of_what_they_are_sent(mount_with, tmp_path,
+                                                                  certificate):
+    """Each is sent 1 MiB chunks it never reads: TLS is handed 64 KiB at a time, so
+    it holds a piece's encryption, not the chunk's (3 MiB each when handed all of it)."""
+    mnt, port = https_mount(mount_with, tmp_path, certificate)
+    live = mnt / "live"
+    with open(live, "wb", buffering=0) as writer:
+        for _ in range(6):
+            writer.write(b"x" * (1 << 20))
+    before = rss_mib(mnt.daemon.pid)
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    count, sockets = 50, []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+            sock.sendall(b"GET /live HTTP/1.1\r\nhost: x\r\n" + AUTH.encode() + b"\r\n\r\n")
+            sockets.append(sock)
+        # Each sender took its first chunk off the queue, and the daemon went idle.
+        until(lambda: xattr(live, "readers") == count
+              and xattr(live, "queued_bytes") == count * 5 << 20, what="the senders")
+        ticks = [cpu_ticks(mnt.daemon.pid)]
+
+        def idle():
+            ticks.append(cpu_ticks(mnt.daemon.pid))
+            return ticks[-1] == ticks[-2]
+        until(idle, interval=0.3, what="the daemon to go idle")
+        grown = rss_mib(mnt.daemon.pid) - before
+        assert grown < count * 0.5, f"{grown:.0f} MiB for {count} stalled HTTPS readers"
+    finally:
+        for sock in sockets:
+            sock.close()
