@@ -1,17 +1,17 @@
 """``GET /metrics`` on the HTTP door: the mount's figures in the Prometheus text format.
 
-Nothing is counted for monitoring's sake: a scrape reads the figures the
-streams, the memory budget and the door keep anyway (each stream's
-:class:`~.stream.StreamStatistics`, what its xattrs show) into a
-prometheus_client :class:`~prometheus_client.registry.Collector`.
+A scrape reads the figures the streams, the memory budget and the door
+keep (each stream's :class:`~.stream.StreamStatistics`, what its xattrs
+show) into a prometheus_client :class:`~prometheus_client.registry.Collector`;
+only FUSE requests are counted for /metrics alone (:func:`count_fuse_requests`).
 
 - Per stream, labelled ``stream="/path"``: only streams the scraper may read
   (through directories it may list), as their xattrs are; and only while
   there are at most ``metrics_max_streams`` of them and ``metrics_per_stream``
   is on, so the label set stays bounded. Otherwise, totals only.
 - Daemon-wide: every stream's totals (counters that keep what removed
-  streams counted, see :class:`Retired`), memory against the cap, connections
-  and HTTP answers by status.
+  streams counted, see :class:`Retired`), memory against the cap, connections,
+  HTTP answers by status and FUSE requests by operation.
 
 Who may scrape: any identity but nobody (a token, a Unix socket's peer);
 nobody too with ``--metrics-public``.
@@ -20,6 +20,7 @@ nobody too with ``--metrics-public``.
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -124,6 +125,7 @@ class Scrape:
     active_requests: int
     max_connections: int
     responses: dict[int, int]
+    fuse_requests: dict[str, int] | None
 
 
 class ScrapeCollector(Collector):
@@ -168,6 +170,12 @@ class ScrapeCollector(Collector):
         for status, count in sorted(s.responses.items()):
             answers.add_metric([str(status)], count)
         yield answers
+        if s.fuse_requests is not None:
+            requests = CounterMetricFamily("streamfs_fuse_requests", "FUSE requests by operation",
+                                           labels=["operation"])
+            for operation, count in sorted(s.fuse_requests.items()):
+                requests.add_metric([operation], count)
+            yield requests
 
     @staticmethod
     def _per_stream(streams: list[tuple[str, StreamStatistics]]) -> Iterator[Metric]:
@@ -207,6 +215,8 @@ class MetricsRoutes:
         self.door = door
         self.settings = settings
         self.retired = Retired()
+        #: FUSE requests by operation, when the mount counts them (see count_fuse_requests).
+        self.fuse_requests: Counter[str] | None = None
 
     async def __call__(self, exchange: Exchange) -> None:
         if origin_form(exchange.target).partition(b"?")[0] != PATH:
@@ -249,7 +259,33 @@ class MetricsRoutes:
             active_requests=door.active if door else 0,
             max_connections=door.max_connections if door else 0,
             responses=dict(door.responses) if door else {},
+            fuse_requests=None if self.fuse_requests is None else dict(self.fuse_requests),
         )
+
+
+#: The FUSE requests counted by operation: every pyfuse3 handler StreamFS may get.
+FUSE_OPERATIONS = ("access", "create", "flush", "forget", "fsync", "fsyncdir", "getattr",
+                   "getxattr", "link", "listxattr", "lookup", "mkdir", "mknod", "open",
+                   "opendir", "poll", "read", "readdir", "readlink", "release", "releasedir",
+                   "removexattr", "rename", "rmdir", "setattr", "setxattr", "statfs",
+                   "symlink", "unlink", "write")
+
+
+def count_fuse_requests(operations) -> Counter[str]:
+    """Count the FUSE requests ``operations`` (a pyfuse3.Operations) is given, by operation.
+
+    Each handler is replaced, on the instance, by one that counts and returns
+    the handler's coroutine, which pyfuse3 awaits as before.
+    """
+    counts: Counter[str] = Counter()
+    for name in FUSE_OPERATIONS:
+        handler = getattr(operations, name)
+
+        def counted(*args, _handler=handler, _name=name):
+            counts[_name] += 1
+            return _handler(*args)
+        setattr(operations, name, counted)
+    return counts
 
 
 def readable_streams(directory: Directory, identity: Identity,

@@ -75,6 +75,11 @@ def test_metrics_parse_and_counters_move_as_data_flows(mount_with, tmp_path):
     # The first scrape was answered 200, and counted.
     assert second[("streamfs_http_responses_total", (("status", "200"),))] >= 1
     assert second[("streamfs_http_connections", ())] >= 1
+    # FUSE requests by operation: the writer's six writes, and more.
+    fuse = {labels[0][1]: value for (name, labels), value in second.items()
+            if name == "streamfs_fuse_requests_total"}
+    assert fuse["write"] >= 6 and fuse["read"] >= 1 and fuse["getxattr"] >= 1, fuse
+    assert fuse["write"] - first[("streamfs_fuse_requests_total", (("operation", "write"),))] >= 5
 
     # rm: the stream's series go, the daemon-wide counters keep what it counted.
     os.unlink(live)
