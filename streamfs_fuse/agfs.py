@@ -11,9 +11,10 @@ HTTP (it still is through the mount).
 Each route translates onto the same verbs as the native routes (composed,
 not inherited: :class:`AGFSRoutes` holds a :class:`~.http_routes.NativeRoutes`),
 for the request's identity: no stream policy and no tree rule lives here.
-Errors are AGFS's ``{"error": "op: path: reason"}``. Routes AGFS has and
-this door does not (handles, grep, digest, ...) answer 501, which AGFS's
-clients take as "use the plain calls".
+Errors carry AGFS's texts (see :func:`agfs_message`) with the status AGFS's
+own error types map to. Routes AGFS has and this door does not (handles,
+symlinks, plugins) answer 501, which AGFS's clients take as "use the plain
+calls".
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ __all__ = ["AGFSRoutes"]
 API_PREFIX = b"/api/v1/"
 #: Largest JSON body an AGFS call other than a write may carry.
 MAX_API_BODY = 64 * 1024
-#: AGFS's wording for the errors its clients look for; others are strerror.
-AGFS_REASONS = {errno.ENOENT: "not found", errno.EEXIST: "already exists",
-                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+#: What AGFS's streamfs answers a grep or digest of a stream: its content has no end.
+USE_STREAM_MODE = "use stream mode for reading stream files"
 #: The plugin name AGFS's streamfs puts in file info and mount listings.
 PLUGIN_NAME = "streamfs"
 
@@ -67,11 +67,14 @@ API_ROUTES: dict[bytes, dict[bytes, str]] = {
     b"/api/v1/stat": {b"GET": "_api_stat"},
     b"/api/v1/touch": {b"POST": "_api_touch"},
     b"/api/v1/rename": {b"POST": "_api_rename"},
+    b"/api/v1/chmod": {b"POST": "_api_chmod"},
+    b"/api/v1/truncate": {b"POST": "_api_truncate"},
+    b"/api/v1/grep": {b"POST": "_api_grep"},
+    b"/api/v1/digest": {b"POST": "_api_digest"},
 }
 #: AGFS routes not served here: 501, so that AGFS's clients fall back to the
 #: plain calls (agfs-fuse opens files through handles when it gets anything else).
-UNIMPLEMENTED = (b"/api/v1/handles", b"/api/v1/grep", b"/api/v1/digest", b"/api/v1/chmod",
-                 b"/api/v1/truncate", b"/api/v1/symlink", b"/api/v1/readlink",
+UNIMPLEMENTED = (b"/api/v1/handles", b"/api/v1/symlink", b"/api/v1/readlink",
                  b"/api/v1/plugins")
 
 
@@ -115,7 +118,7 @@ class AGFSRoutes:
             if op in ("create", "mkdir"):
                 raise Refused(403, f"{op}: {path}: permission denied (not allowed to create "
                                    "file in rootfs, use mount instead)")
-            raise Refused(404, f"{op}: {path}: not found")
+            raise Refused(404, agfs_message(op, path, errno.ENOENT))
         return path, inside
 
     @staticmethod
@@ -131,7 +134,7 @@ class AGFSRoutes:
         """The node an AGFS path under the mount path names, or AGFS's error."""
         inside = self._under_mount(names)
         if inside is None:
-            raise Refused(404, f"{op}: {path}: not found")
+            raise Refused(404, agfs_message(op, path, errno.ENOENT))
         with agfs_errors(op, path):
             return self.namespace.resolve(inside, exchange.identity)
 
@@ -206,16 +209,23 @@ class AGFSRoutes:
             _, _, written = await self.native.upload(exchange, names)
         await exchange.reply_json(200, {"message": f"Written {written} bytes"}, newline=True)
 
-    async def _create(self, exchange, kind, names: list[bytes], mode: int) -> None:
+    async def _create(self, exchange, kind, names: list[bytes], mode: int, op: str,
+                      path: str) -> None:
+        """Make a stream or directory; "already exists" names what is there, as AGFS does."""
         identity = exchange.identity
-        parent = self._parent(exchange, names)
-        await self.namespace.create(kind, parent, names[-1], mode, identity.uid,
-                                    primary_gid(identity, parent), identity=identity)
+        with agfs_errors(op, path):
+            parent = self._parent(exchange, names)
+            try:
+                await self.namespace.create(kind, parent, names[-1], mode, identity.uid,
+                                            primary_gid(identity, parent), identity=identity)
+            except FileExistsError:
+                existing = parent.entries.get(names[-1])
+                raise Refused(409, agfs_message(op, path, errno.EEXIST, "directory" if isinstance(
+                    existing, Directory) else "stream")) from None
 
     async def _api_create(self, exchange, params, body) -> None:
         path, names = self._api_names(params, "create")
-        with agfs_errors("create", path):
-            await self._create(exchange, StreamFile, names, UPLOAD_MODE)
+        await self._create(exchange, StreamFile, names, UPLOAD_MODE, "create", path)
         await exchange.reply_json(201, {"message": "file created"}, newline=True)
 
     async def _api_mkdir(self, exchange, params, body) -> None:
@@ -224,8 +234,7 @@ class AGFSRoutes:
             mode = int(params.get("mode") or "755", 8)
         except ValueError:
             raise Refused(400, "invalid mode") from None
-        with agfs_errors("mkdir", path):
-            await self._create(exchange, Directory, names, mode)
+        await self._create(exchange, Directory, names, mode, "mkdir", path)
         await exchange.reply_json(201, {"message": "directory created"}, newline=True)
 
     async def _api_delete(self, exchange, params, body) -> None:
@@ -246,7 +255,7 @@ class AGFSRoutes:
         else:
             directory = self._api_node(exchange, "readdir", path, names)
             if not isinstance(directory, Directory):
-                raise Refused(404, f"readdir: {path}: not a directory")
+                raise Refused(404, agfs_message("readdir", path, errno.ENOTDIR))
             with agfs_errors("readdir", path):
                 check(exchange.identity, Access.READ, directory)
             files = [file_info(node, exchange.identity) for node in directory.entries.values()]
@@ -274,7 +283,7 @@ class AGFSRoutes:
             parent = self._parent(exchange, names)
             node = parent.entries.get(names[-1])
             if node is None:
-                await self._create(exchange, StreamFile, names, UPLOAD_MODE)
+                await self._create(exchange, StreamFile, names, UPLOAD_MODE, "touch", path)
             elif isinstance(node, Directory):
                 raise Refused(400, "cannot touch directory")
             else:
@@ -301,10 +310,76 @@ class AGFSRoutes:
         await self.namespace.settle()
         await exchange.reply_json(200, {"message": "renamed"}, newline=True)
 
+    async def _api_chmod(self, exchange, params, body) -> None:
+        """``?path=P`` with ``{"mode": N}``: chmod, by the owner or root as through the mount."""
+        path, names = self._api_names(params, "chmod")
+        mode = json_body(body, "invalid request body").get("mode")
+        if type(mode) is not int or not 0 <= mode <= 0o7777:
+            raise Refused(400, "invalid mode")
+        with agfs_errors("chmod", path):
+            node = self.namespace.resolve(names, exchange.identity)
+            await self.namespace.setattr(node, mode=mode, identity=exchange.identity)
+        await exchange.reply_json(200, {"message": "permissions changed"}, newline=True)
+
+    async def _api_truncate(self, exchange, params, body) -> None:
+        """Accepted and ignored for one who may write, as a truncate through the mount is
+        (and as AGFS's streamfs): a stream's past cannot be unwritten."""
+        path, names = self._api_names(params, "truncate")
+        if not params.get("size"):
+            raise Refused(400, "size parameter is required")
+        if int_param(params, "size", 0) < 0:
+            raise Refused(400, "size must be non-negative")
+        with agfs_errors("truncate", path):
+            node = self.namespace.resolve(names, exchange.identity)
+            if isinstance(node, Directory):
+                raise fail(errno.EISDIR)
+            check(exchange.identity, Access.WRITE, node)
+        await exchange.reply_json(200, {"message": "truncated"}, newline=True)
+
+    async def _api_grep(self, exchange, params, body) -> None:
+        """AGFS's checks, then its streamfs's refusal: a stream is read in stream mode."""
+        request = json_body(body, "invalid request body")
+        if not request.get("path"):
+            raise Refused(400, "path is required")
+        if not request.get("pattern"):
+            raise Refused(400, "pattern is required")
+        is_directory = self._api_lookup(exchange, "failed to stat path", str(request["path"]))
+        if is_directory and not request.get("recursive"):
+            raise Refused(400, "path is a directory, use recursive=true to search")
+        raise Refused(400, f"grep failed: {USE_STREAM_MODE}")
+
+    async def _api_digest(self, exchange, params, body) -> None:
+        """AGFS's checks, then its streamfs's refusal: a live stream has no digest."""
+        request = json_body(body, "invalid request body")
+        algorithm = request.get("algorithm")
+        if algorithm not in ("xxh3", "md5"):
+            raise Refused(400, f"unsupported algorithm: {algorithm} (supported: xxh3, md5)")
+        if not request.get("path"):
+            raise Refused(400, "path is required")
+        path = str(request["path"])
+        if self._api_lookup(exchange, "failed to calculate digest", path):
+            raise Refused(409, "failed to calculate digest: "
+                               + agfs_message("digest", path, errno.EISDIR))
+        raise Refused(400, f"failed to calculate digest: {USE_STREAM_MODE}")
+
+    def _api_lookup(self, exchange: Exchange, context: str, path: str) -> bool:
+        """Whether the AGFS path a JSON body names is a directory; 404 or 403 (errors
+        prefixed with ``context``, as AGFS's) unless it exists and may be read."""
+        _, names = self._api_path({"path": path})
+        if not names or self._above_mount(names) is not None:
+            return True
+        try:
+            node = self._api_node(exchange, "stat", path, names)
+            with agfs_errors("read", path):
+                check(exchange.identity, Access.READ, node)
+        except Refused as e:
+            raise Refused(e.status, f"{context}: {e}") from None
+        return isinstance(node, Directory)
+
     def _parent(self, exchange: Exchange, names: list[bytes]) -> Directory:
         """The directory ``names`` would be in (the mount root itself has none here)."""
         if not names:
-            raise fail(errno.EEXIST)
+            raise Refused(409, agfs_message("", self.agfs_path, errno.EEXIST, "directory"))
         return self.native.parent_of(names, exchange.identity)
 
 
@@ -327,14 +402,48 @@ def int_param(params: dict[str, str], name: str, default: int) -> int:
         raise Refused(400, f"invalid {name} parameter") from None
 
 
+def json_body(body: bytes | None, invalid: str) -> dict:
+    """A call's JSON object body; 400 with ``invalid`` otherwise."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        raise Refused(400, invalid) from None
+    if not isinstance(request, dict):
+        raise Refused(400, invalid)
+    return request
+
+
+def agfs_message(op: str, path: str, error: int, kind: str | None = None) -> str:
+    """AGFS's text for ``error`` on ``path``.
+
+    Where AGFS's plugins have their own words, theirs: ``stream not found: P``
+    and ``stream already exists: P`` (its streamfs; ``directory ...`` for what
+    is or should be a directory, as its memfs), ``directory not empty: P``,
+    ``not a directory: P``. Otherwise its typed errors' ``op: P: reason``
+    (``permission denied`` for EACCES and EPERM). P is the path as the client
+    gave it, where AGFS gives it inside its mount.
+    """
+    if kind is None:
+        kind = "directory" if op in ("readdir", "mkdir") else "stream"
+    if error == errno.ENOENT:
+        return f"{kind} not found: {path}"
+    if error == errno.EEXIST:
+        return f"{kind} already exists: {path}"
+    if error in (errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+        return f"{os.strerror(error).lower()}: {path}"
+    if error in (errno.EACCES, errno.EPERM):
+        return f"{op}: {path}: permission denied"
+    return f"{op}: {path}: {os.strerror(error).lower()}"
+
+
 @contextmanager
 def agfs_errors(op: str, path: str):
-    """Turn the namespace's OSError into AGFS's ``op: path: reason`` error and status."""
+    """Turn the namespace's OSError into AGFS's error text and the status of its error type
+    (404, 409, 403, 400: AGFS's streamfs answers every error 500, its server maps typed ones)."""
     try:
         yield
     except OSError as e:
-        reason = AGFS_REASONS.get(e.errno) or (e.strerror or "error").lower()
-        raise Refused(STATUS_BY_ERRNO.get(e.errno, 500), f"{op}: {path}: {reason}") from None
+        raise Refused(STATUS_BY_ERRNO.get(e.errno, 500), agfs_message(op, path, e.errno)) from None
 
 
 def file_info(node: Node, identity: Identity, name: str | None = None) -> dict:

@@ -174,17 +174,32 @@ def test_cat_without_stream_gives_what_the_ring_holds_now(door):
 
 def test_errors_have_agfs_shape_and_status(door):
     door.client.mkdir("/streamfs/d")
+    door.client.write("/streamfs/d/s", b"x")
+    # AGFS's streamfs's words ("stream not found: P"), its memfs's for directories,
+    # with the status of AGFS's error types (its streamfs answers every error 500).
     assert door.error("GET", "/api/v1/stat?path=/streamfs/missing") == (
-        404, {"error": "stat: /streamfs/missing: not found"})
+        404, {"error": "stream not found: /streamfs/missing"})
     assert door.error("GET", "/api/v1/files?path=/streamfs/missing") == (
-        404, {"error": "read: /streamfs/missing: not found"})
+        404, {"error": "stream not found: /streamfs/missing"})
+    assert door.error("DELETE", "/api/v1/files?path=/streamfs/missing") == (
+        404, {"error": "stream not found: /streamfs/missing"})
     assert door.error("GET", "/api/v1/directories?path=/elsewhere") == (
-        404, {"error": "readdir: /elsewhere: not found"})
+        404, {"error": "directory not found: /elsewhere"})
+    assert door.error("GET", "/api/v1/directories?path=/streamfs/d/s") == (
+        404, {"error": "not a directory: /streamfs/d/s"})
     assert door.error("PUT", "/api/v1/files?path=/elsewhere/x") == (
-        404, {"error": "write: /elsewhere/x: not found"})
+        404, {"error": "stream not found: /elsewhere/x"})
     assert door.error("GET", "/api/v1/stat") == (400, {"error": "path parameter is required"})
     assert door.error("POST", "/api/v1/directories?path=/streamfs/d") == (
-        409, {"error": "mkdir: /streamfs/d: already exists"})
+        409, {"error": "directory already exists: /streamfs/d"})
+    assert door.error("POST", "/api/v1/files?path=/streamfs/d/s") == (
+        409, {"error": "stream already exists: /streamfs/d/s"})
+    assert door.error("POST", "/api/v1/files?path=/streamfs/d") == (
+        409, {"error": "directory already exists: /streamfs/d"})
+    assert door.error("POST", "/api/v1/files?path=/streamfs") == (
+        409, {"error": "directory already exists: /streamfs"})
+    assert door.error("DELETE", "/api/v1/files?path=/streamfs/d") == (
+        409, {"error": "directory not empty: /streamfs/d"})
     assert door.error("POST", "/api/v1/directories?path=/streamfs/e&mode=9x") == (
         400, {"error": "invalid mode"})
     assert door.error("POST", "/api/v1/rename?path=/streamfs/d")[0] == 400  # no newPath
@@ -286,7 +301,92 @@ def test_unimplemented_agfs_routes_answer_501(door):
     door.client.write("/streamfs/s", b"abc")
     for method, target in [("POST", "/api/v1/handles/open?path=/streamfs/s"),
                            ("GET", "/api/v1/handles/1/read"),
-                           ("POST", "/api/v1/grep"), ("POST", "/api/v1/digest"),
-                           ("POST", "/api/v1/chmod?path=/streamfs/s")]:
+                           ("POST", "/api/v1/symlink?path=/streamfs/l"),
+                           ("GET", "/api/v1/readlink?path=/streamfs/l"),
+                           ("GET", "/api/v1/plugins")]:
         status, body = door.error(method, target)
         assert status == 501 and "not implemented" in body["error"], (target, status, body)
+
+
+def test_chmod_as_through_the_mount(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"abc")
+    assert client.chmod("/streamfs/s", 0o600) == {"message": "permissions changed"}
+    assert os.stat(mnt / "s").st_mode & 0o7777 == 0o600
+    client.mkdir("/streamfs/d")
+    assert client.chmod("/streamfs/d", 0o1777) == {"message": "permissions changed"}
+    assert client.stat("/streamfs/d")["mode"] == 0o1777 and (mnt / "d").is_dir()
+    with pytest.raises(AGFSClientError, match="^stream not found: /streamfs/missing$"):
+        client.chmod("/streamfs/missing", 0o600)
+    for body in (b'{"mode": 70000}', b'{"mode": "600"}', b"{}"):
+        status, _, answer = door.raw("POST", "/api/v1/chmod?path=/streamfs/s", body)
+        assert (status, json.loads(answer)) == (400, {"error": "invalid mode"}), body
+    status, _, answer = door.raw("POST", "/api/v1/chmod?path=/streamfs/s", b"[")
+    assert (status, json.loads(answer)) == (400, {"error": "invalid request body"})
+    anonymous = agfs_client(door.port, anonymous=True)
+    try:  # only the owner or root may chmod, as through the mount
+        with pytest.raises(AGFSClientError, match="^chmod: /streamfs/d: permission denied$"):
+            anonymous.chmod("/streamfs/d", 0o777)
+    finally:
+        anonymous.session.close()
+    assert os.stat(mnt / "d").st_mode & 0o7777 == 0o1777
+
+
+def test_truncate_is_accepted_and_ignored_as_through_the_mount(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"kept")
+    status, _, answer = door.raw("POST", "/api/v1/truncate?path=/streamfs/s&size=0")
+    assert (status, json.loads(answer)) == (200, {"message": "truncated"})
+    assert client.cat("/streamfs/s") == b"kept" and xattr(mnt / "s", "bytes_written") == 4
+    for target, error in [("/api/v1/truncate?path=/streamfs/s", "size parameter is required"),
+                          ("/api/v1/truncate?path=/streamfs/s&size=-1",
+                           "size must be non-negative")]:
+        assert door.error("POST", target) == (400, {"error": error})
+    assert door.error("POST", "/api/v1/truncate?path=/streamfs/missing&size=0") == (
+        404, {"error": "stream not found: /streamfs/missing"})
+    (mnt / "d").mkdir()
+    assert door.error("POST", "/api/v1/truncate?path=/streamfs/d&size=0") == (
+        409, {"error": "is a directory: /streamfs/d"})
+    anonymous = http.client.HTTPConnection("127.0.0.1", door.port, timeout=10)
+    try:  # truncating needs write permission, as truncate(2) does
+        anonymous.request("POST", "/api/v1/truncate?path=/streamfs/s&size=0")
+        response = anonymous.getresponse()
+        assert (response.status, json.loads(response.read())) == (
+            403, {"error": "truncate: /streamfs/s: permission denied"})
+    finally:
+        anonymous.close()
+
+
+def test_grep_and_digest_refuse_a_stream_with_agfs_words(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"hello\n")
+    with pytest.raises(AGFSClientError,
+                       match="^grep failed: use stream mode for reading stream files$"):
+        client.grep("/streamfs/s", "hello")
+    with pytest.raises(AGFSClientError, match="^failed to calculate digest: use stream mode "
+                                              "for reading stream files$"):
+        client.digest("/streamfs/s")
+    with pytest.raises(AGFSClientError,
+                       match="^failed to stat path: stream not found: /streamfs/missing$"):
+        client.grep("/streamfs/missing", "x")
+    with pytest.raises(AGFSClientError, match="^failed to calculate digest: stream not found: "
+                                              "/streamfs/missing$"):
+        client.digest("/streamfs/missing")
+    with pytest.raises(AGFSClientError, match="^path is a directory, use recursive=true"):
+        client.grep("/streamfs", "x")
+    for route, body, error in [
+            ("grep", {"path": "/streamfs/s"}, "pattern is required"),
+            ("grep", {"pattern": "x"}, "path is required"),
+            ("digest", {"path": "/streamfs/s", "algorithm": "sha1"},
+             "unsupported algorithm: sha1 (supported: xxh3, md5)"),
+            ("digest", {"algorithm": "md5"}, "path is required")]:
+        status, _, answer = door.raw("POST", f"/api/v1/{route}", json.dumps(body).encode())
+        assert (status, json.loads(answer)) == (400, {"error": error}), body
+    (mnt / "s").chmod(0o600)
+    anonymous = agfs_client(door.port, anonymous=True)
+    try:  # who may not read a stream learns no more than that
+        with pytest.raises(AGFSClientError, match="^failed to stat path: read: /streamfs/s: "
+                                                  "permission denied$"):
+            anonymous.grep("/streamfs/s", "hello")
+    finally:
+        anonymous.session.close()
