@@ -12,6 +12,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pwd
+import subprocess
 
 import pytest
 import trio
@@ -26,6 +28,9 @@ from streamfs_fuse.http import HTTPDoor
 from streamfs_fuse.namespace import Namespace
 from streamfs_fuse.stream import StreamSettings
 from test_http import TOKEN, write_token
+
+#: agfs-fuse, AGFS's FUSE client (Go), when built (docs/agfs-anchor-run.md says how).
+AGFS_FUSE = os.environ.get("AGFS_FUSE")
 
 #: The header that makes a request act as the token file's owner.
 AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
@@ -390,3 +395,63 @@ def test_grep_and_digest_refuse_a_stream_with_agfs_words(door):
             anonymous.grep("/streamfs/s", "hello")
     finally:
         anonymous.session.close()
+
+
+@pytest.mark.skipif(not AGFS_FUSE, reason="AGFS_FUSE does not name an agfs-fuse binary: CI "
+                    "cannot build it (Go modules need the network); docs/agfs-anchor-run.md")
+@pytest.mark.timeout(120)
+def test_agfs_fuse_on_the_door_reads_and_writes_live_streams(mount_with, tmp_path):
+    """AGFS's own FUSE client, unmodified, mounted on the door (anonymous: it sends no token).
+
+    It asks for /api/v1/handles first and uses the plain calls on 501. Its
+    fallback reads a file whole on the first read, so a ``cat`` through it gets
+    what the stream holds then and ends; its writes are PUTs, read live through
+    our mount. Skipped unless AGFS_FUSE names the binary only because CI cannot
+    build agfs-fuse (no network for its Go modules); the manual run and its
+    result are in docs/agfs-anchor-run.md.
+    """
+    port = free_port()
+    mnt = mount_with("--http", f"127.0.0.1:{port}")
+    wait_until(lambda: accepts(port), what="the HTTP door to accept connections")
+    mnt.path.chmod(0o1777)  # agfs-fuse acts as nobody: a public drop directory
+    agfs_mnt = tmp_path / "agfs"
+    agfs_mnt.mkdir()
+    with open(tmp_path / "agfs-fuse.log", "wb") as log:
+        agfs = subprocess.Popen([AGFS_FUSE, "--agfs-server-url", f"http://127.0.0.1:{port}",
+                                 "--mount", str(agfs_mnt), "--log-level", "debug"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: os.path.ismount(agfs_mnt) or agfs.poll() is not None,
+                       what="agfs-fuse to mount")
+            assert agfs.poll() is None, (tmp_path / "agfs-fuse.log").read_text()
+            streams = agfs_mnt / "streamfs"
+
+            def cat(name: str) -> bytes:
+                return subprocess.run(["cat", str(streams / name)], capture_output=True,
+                                      check=True, timeout=30).stdout
+
+            with open(mnt / "live", "wb", buffering=0) as writer:  # a live stream
+                (mnt / "live").chmod(0o644)
+                writer.write(b"history\n")
+                assert cat("live") == b"history\n"
+                writer.write(b"live\n")
+                assert cat("live") == b"history\nlive\n"
+
+            with open(streams / "made", "ab", buffering=0) as writer:  # create, then PUTs
+                writer.write(b"one\n")
+                with open(mnt / "made", "rb", buffering=0) as reader:
+                    assert reader.read(100) == b"one\n"
+                    writer.write(b"two\n")
+                    assert reader.read(100) == b"two\n"
+            assert os.stat(mnt / "made").st_uid == pwd.getpwnam("nobody").pw_uid
+            assert xattr(mnt / "made", "bytes_written") == 8
+            os.unlink(streams / "made")
+            assert sorted(os.listdir(mnt.path)) == ["live"]
+            assert "HandleFS not supported" in (tmp_path / "agfs-fuse.log").read_text()
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(agfs_mnt)], check=False)
+            try:
+                agfs.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agfs.kill()
+                agfs.wait()
