@@ -560,7 +560,7 @@ for line in sys.stdin:
 """
 
 #: Operations HTTP has no route for: attributes and settings change through the mount.
-NO_HTTP_ROUTE = {"chmod", "chown", "chown_same", "chgrp_team", "chgrp_foreign", "utime", "policy"}
+NO_HTTP_ROUTE = {"chown", "chown_same", "chgrp_team", "chgrp_foreign", "utime", "policy"}
 HTTP_CASES = [case for case in CASES if case.op not in NO_HTTP_ROUTE]
 
 
@@ -580,6 +580,7 @@ def http_request(case: Case, top: str) -> tuple[str, str, str]:
         "rename_over": ("POST", rename % "mine", json.dumps({"newPath": f"{agfs}/n"})),
         "move_dir": ("POST", rename % "n", json.dumps({"newPath": f"/streamfs/{top}/e/n"})),
         "touch": ("POST", f"{api}touch?path={agfs}/n", ""),
+        "chmod": ("POST", f"{api}chmod?path={agfs}/n", json.dumps({"mode": 0o600})),
         "list": ("GET", f"/{top}/d/n/", ""),
         "traverse": ("HEAD", f"/{top}/d/n/inner", ""),
     }[case.op]
