@@ -592,3 +592,12 @@ def test_agfs_path_comes_from_the_toml_plugin_path(tmp_path):
     toml.write_text('[plugins.streamfs]\npath = "/a/../b"\n')
     with pytest.raises(ConfigError, match="plugins.streamfs.path: expected an absolute path"):
         parse(str(toml))
+
+
+def test_the_settings_load_no_door_and_no_store():
+    """config.py declares every setting with no dependency on FUSE, HTTP or Redis."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, streamfs_fuse.config; print(sorted({m.split('.')[0] "
+         "for m in sys.modules} & {'h11', 'coredis', 'pyfuse3', 'prometheus_client'}))"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
