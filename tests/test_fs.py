@@ -107,7 +107,9 @@ async def test_reads_at_other_offsets_read_the_ring_there():
     assert bytes(await fs.read(fh, 4, 4)) == b"two\n"  # pread, or lseek then read
     assert bytes(await fs.read(fh, 8, 100)) == b"three\n"  # and on from there
     assert bytes(await fs.read(fh, 0, 3)) == b"one"  # back again
-    with trio.move_on_after(0) as waited:  # at the end: wait for live data
+    assert bytes(await fs.read(fh, 14, 100)) == b""  # the end after a seek: EOF, as a file
+    assert bytes(await fs.read(fh, 10, 4)) == b"ree\n"  # a seek after that EOF...
+    with trio.move_on_after(0) as waited:  # ...follows the stream: waits for live data
         await fs.read(fh, 14, 100)
     assert waited.cancelled_caught
 

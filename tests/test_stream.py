@@ -306,6 +306,30 @@ async def test_an_ended_reader_can_seek_back_into_the_ring():
     assert await read_all(reader) == b"456789"
 
 
+async def test_a_reader_that_seeks_gets_eof_at_the_live_edge_until_it_seeks_again():
+    """As a growing file answers a prober; a reader that never seeks always waits."""
+    stream = make_stream()
+    writer = stream.open_writer()
+    await writer.write(b"0123456789")
+    follower, prober = stream.open_reader(), stream.open_reader()
+    assert await follower.read(100) == b"0123456789"
+    with pytest.raises(trio.WouldBlock):
+        await follower.read(100, nonblocking=True)
+    prober.seek(4)
+    assert await prober.read(100) == b"456789"
+    assert await prober.read(100) == b""
+    await writer.write(b"ab")
+    assert await prober.read(100) == b"ab"
+    assert await prober.read(100) == b"", "no seek since the EOF: still a file"
+    prober.seek(0)  # back to play what it probed: it follows the stream
+    assert await read_queued(prober) == b"0123456789ab"
+    with trio.move_on_after(0.1) as waited:
+        await prober.read(100)
+    assert waited.cancelled_caught
+    await writer.write(b"c")
+    assert await prober.read(100) == b"c"
+
+
 async def test_zero_byte_write_makes_no_chunk():
     stream = make_stream()
     assert await stream.open_writer().write(b"") == 0
