@@ -1,8 +1,9 @@
 """The native HTTP routes: the mount's tree, one URL per stream.
 
 - ``GET /path``: a stream is sent with chunked transfer, like ``cat``: its
-  history, then live data, until rm. A directory is listed as JSON, or as a
-  small HTML page for a browser (``Accept: text/html``). Range is ignored:
+  history, then live data, until rm. A directory is listed as JSON, or for a
+  browser (``Accept: text/html``) as a page that keeps its figures up to date
+  (:mod:`.listing_page`). Range is ignored:
   the answer is always 200 and the stream from the reader's start.
 - ``HEAD /path``: the figures ``stat`` and the xattrs give, as headers.
 - ``PUT /path``, ``POST /path``: append the request body, creating the stream
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import html
 import json
 import os
 import posixpath
@@ -31,6 +31,7 @@ from urllib.parse import unquote_to_bytes
 from .access import Access, Identity, check, may
 from .config import HTTPSettings
 from .http import Exchange, Refused, http_date
+from .listing_page import listing_page
 from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
 from .stream import StreamClosed
 
@@ -203,7 +204,7 @@ class NativeRoutes:
         check(exchange.identity, Access.READ, directory)
         entries = self.entries(directory, exchange.identity)
         if b"text/html" in (exchange.header(b"accept") or b""):
-            await exchange.reply(200, listing_html(entries, names).encode(),
+            await exchange.reply(200, listing_page(entries, names).encode(),
                                  b"text/html; charset=utf-8")
         else:
             await exchange.reply(200, json.dumps(entries).encode(), b"application/json")
@@ -229,19 +230,6 @@ class NativeRoutes:
                 entry["type"] = "directory"
             entries.append(entry)
         return entries
-
-
-def listing_html(entries: list[dict], names: list[bytes]) -> str:
-    base = "/" + "".join(os.fsdecode(n) + "/" for n in names)
-    rows = []
-    for entry in entries:
-        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
-        rows.append(f'<li><a href="{html.escape(base + name, quote=True)}">'
-                    f'{html.escape(name)}</a> {entry["size"]} bytes, '
-                    f'{entry["readers"]} readers</li>')
-    title = html.escape(base)
-    return (f"<!doctype html><meta charset=utf-8><title>{title}</title>"
-            f"<h1>{title}</h1><ul>{''.join(rows)}</ul>")
 
 
 def parse_path(target: bytes) -> list[bytes]:
