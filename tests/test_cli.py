@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,7 +105,7 @@ def sample(setting, tmp_path):
             "backend_timeout": "3s", "http_max_connections": "100",
             "http_body_timeout": "5s", "http_cert": token_file(tmp_path, name="cert"),
             "http_key": token_file(tmp_path, name="key"),
-            "metrics_max_streams": "5"}.get(setting.name, "1MB")
+            "metrics_max_streams": "5", "join": "keyframe"}.get(setting.name, "1MB")
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -601,3 +602,13 @@ def test_the_settings_load_no_door_and_no_store():
          "for m in sys.modules} & {'h11', 'coredis', 'pyfuse3', 'prometheus_client'}))"],
         capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_readme_configuration_table_names_every_setting():
+    """The README's table is written by hand: every setting must be in it, flag and -o name."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Semantics")]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    missing = [s.flag for s in SETTINGS
+               if not any(f"`{s.flag}" in row and s.name in row for row in rows)]
+    assert missing == []
