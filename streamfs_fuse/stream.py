@@ -6,6 +6,7 @@ import enum
 import itertools
 import logging
 import math
+import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -14,13 +15,14 @@ import trio
 
 from .budget import MemoryBudget
 from .chunk import Chunk, footprint_of
+from .mpegts import KeyframeIndex
 from .reader import Reader, ReaderTotals
 from .ring import RingBuffer
 from .wait import Waiter
 
 __all__ = [
-    "FANOUT_SLICE", "SharedLog", "SlowReaderPolicy", "StreamSettings", "StreamStatistics", "Stream",
-    "StreamClosed", "Writer",
+    "FANOUT_SLICE", "Join", "SharedLog", "SlowReaderPolicy", "StreamSettings", "StreamStatistics",
+    "Stream", "StreamClosed", "Writer",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,41 @@ class SlowReaderPolicy(enum.Enum):
     DISCONNECT = "disconnect"
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Join:
+    """Where a reader that opens starts in the stream's history.
+
+    ``ring``: the whole ring; ``keyframe``: the newest keyframe in the ring,
+    with the PAT and PMT in front (MPEG-TS; other streams get the whole ring;
+    an MPEG-TS stream with no keyframe in its ring starts live); ``live``: no
+    history; ``seconds`` back (``10s``): history written in that time, from
+    a keyframe at least that old for MPEG-TS.
+    """
+
+    where: str = "ring"
+    seconds: float = 0.0
+
+    WHERE = ("ring", "keyframe", "live")
+
+    @classmethod
+    def parse(cls, text: str) -> Join:
+        """``ring``, ``keyframe``, ``live`` or a duration (``10s``, ``1.5m``, ``500ms``)."""
+        text = text.strip().lower()
+        if text in cls.WHERE:
+            return cls(text)
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not ring, keyframe, live or a duration such as 10s")
+        return cls("back", float(match[1]) * _SECONDS[match[2] or "s"])
+
+    def __str__(self) -> str:
+        return self.where if self.where != "back" else f"{self.seconds:g}s"
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """How a mount's streams behave; ``max_memory`` is one cap shared by all."""
@@ -56,6 +93,7 @@ class StreamSettings:
     ring_buffer_size: int = 6 * 1024 * 1024
     slow_reader: SlowReaderPolicy = SlowReaderPolicy.DROP
     max_memory: int | None = None
+    join: Join = Join()
 
 
 @dataclass(frozen=True)
@@ -102,6 +140,7 @@ class StreamStatistics:
     channel_buffer_size: int
     ring_buffer_size: int
     slow_reader: SlowReaderPolicy
+    join: str
 
 
 class StreamClosed(Exception):
@@ -114,8 +153,12 @@ class SharedLog(Protocol):
     to them with :meth:`Stream.accept`, the end with :meth:`Stream.close`.
     """
 
-    async def append(self, data: bytes) -> None:
-        """Append one chunk; raise :class:`StreamClosed` once the stream was removed."""
+    async def append(self, data: bytes, waiter: Waiter) -> None:
+        """Append one chunk; raise :class:`StreamClosed` once the stream was removed.
+
+        A wait for other hosts' readers parks through ``waiter``
+        (:meth:`Stream.park_writer`), so it can be interrupted.
+        """
 
     async def follow(self) -> None:
         """Return once this host's ring holds the log's history and live chunks follow it."""
@@ -187,6 +230,8 @@ class Stream:
         self.settings = settings
         self.budget = budget or MemoryBudget()
         self.ring = RingBuffer(settings.ring_buffer_size, self._evicted)
+        #: Where its keyframes start, while the stream looks like MPEG-TS.
+        self.keyframes: KeyframeIndex | None = KeyframeIndex()
         #: Open readers, in the order they opened (a dict: 100,000 readers
         #: released one by one must not cost a list search each).
         self.readers: dict[Reader, None] = {}
@@ -254,16 +299,19 @@ class Stream:
 
     # -- opening and closing handles ----------------------------------------
 
-    def open_reader(self, waiter: Waiter | None = None, *, lossy: bool = False) -> Reader:
-        """Register a reader, seeded with the whole of the ring's history.
+    def open_reader(self, waiter: Waiter | None = None, *, lossy: bool = False,
+                    join: Join | None = None) -> Reader:
+        """Register a reader, seeded with the ring's history from where ``join`` says.
 
-        ``lossy`` readers never hold writers back (see :attr:`Reader.lossy`).
+        ``join`` defaults to the stream's setting. ``lossy`` readers never
+        hold writers back (see :attr:`Reader.lossy`).
         """
         reader = Reader(self, next(self._reader_ids), self.settings.channel_buffer_size,
                         waiter or Waiter(), lossy,
                         ReaderTotals() if self.closed else self.reader_totals)
         self.budget.readers.add(reader)
-        for chunk in self.ring.history():
+        reader.next_offset = self.bytes_written
+        for chunk in self._history_for(join or self.settings.join):
             reader.seed(chunk)
         if self.closed:
             reader.end()
@@ -273,11 +321,43 @@ class Stream:
             self.log.count("readers", 1)
         return reader
 
-    async def join(self, waiter: Waiter | None = None, *, lossy: bool = False) -> Reader:
+    async def join(self, waiter: Waiter | None = None, *, lossy: bool = False,
+                   join: Join | None = None) -> Reader:
         """:meth:`open_reader`, once this host holds the history of a shared stream."""
         if self.log is not None:
             await self.log.follow()
-        return self.open_reader(waiter, lossy=lossy)
+        return self.open_reader(waiter, lossy=lossy, join=join)
+
+    def _history_for(self, join: Join) -> list[Chunk]:
+        """The history a reader that joins now is given, as :class:`Join` says."""
+        if join.where == "ring":
+            return self.ring.history()
+        oldest = self.ring.oldest_offset
+        if join.where == "live" or oldest is None:
+            return []
+        index = self.keyframes
+        if index is None:  # not MPEG-TS
+            if join.where == "keyframe":
+                return self.ring.history()
+            start = self.ring.offset_since(trio.current_time() - join.seconds)
+            return [] if start is None else self._history_from(start, b"")
+        start = index.newest(oldest, None if join.where == "keyframe"
+                             else trio.current_time() - join.seconds)
+        return [] if start is None else self._history_from(start, index.prefix)
+
+    def _history_from(self, start: int, prefix: bytes) -> list[Chunk]:
+        """The ring's history from stream offset ``start`` on, with ``prefix`` in front.
+
+        The first chunk is a private copy when it starts before ``start`` or
+        takes the prefix; the others are shared with the ring.
+        """
+        history = self.ring.history()
+        first = next(i for i, chunk in enumerate(history)
+                     if chunk.offset + len(chunk.data) > start)
+        chunk = history[first]
+        if prefix or chunk.offset < start:
+            chunk = Chunk(prefix + chunk.data[start - chunk.offset:], start - len(prefix))
+        return [chunk, *history[first + 1:]]
 
     def release_reader(self, reader: Reader) -> None:
         reader.close()
@@ -316,7 +396,7 @@ class Stream:
         if not data:
             return 0
         if self.log is not None:
-            await self.log.append(data)
+            await self.log.append(data, waiter)
         else:
             await self.accept(data, waiter)
         return len(data)
@@ -347,7 +427,7 @@ class Stream:
         queue.append(turn)
         try:
             while queue[0] is not turn:
-                await self._park(waiter, self._turn)
+                await self.park_writer(waiter, self._turn)
             if block:
                 await self._wait_for_room(footprint_of(len(data)), waiter)
             if len(self.readers) > FANOUT_SLICE:
@@ -366,7 +446,7 @@ class Stream:
             slow = next((r for r in self.readers if not r.lossy and not r.has_room(footprint)),
                         None)
             if slow is not None:
-                await self._park(waiter, slow.room_waiters())
+                await self.park_writer(waiter, slow.room_waiters())
                 continue
             if budget.has_room(footprint):
                 return
@@ -375,9 +455,10 @@ class Stream:
                     r.backlog for r in self.readers if not r.lossy):
                 return  # nothing this stream's readers do could free memory
             budget.cap_waiters.add(self)
-            await self._park(waiter, self.cap_waiters)
+            await self.park_writer(waiter, self.cap_waiters)
 
-    async def _park(self, waiter: Waiter, lot: trio.lowlevel.ParkingLot) -> None:
+    async def park_writer(self, waiter: Waiter, lot: trio.lowlevel.ParkingLot) -> None:
+        """Wait on ``lot`` as a write (counted in ``waiting_writes``); StreamClosed once closed."""
         if self.closed:
             raise StreamClosed(self.name)
         self.waiting_writes += 1
@@ -438,8 +519,13 @@ class Stream:
         chunk = Chunk(data, self.bytes_written)
         self.bytes_written += len(data)
         self.chunks_written += 1
+        now = trio.current_time()
         # The ring first: a chunk it keeps costs the budget nothing while it is there.
-        self.ring.append(chunk)
+        self.ring.append(chunk, now)
+        if self.keyframes is not None:
+            self.keyframes.add(data, chunk.offset, now)
+            if not self.keyframes.is_ts:
+                self.keyframes = None
         return chunk
 
     def _handed_out(self, chunk: Chunk, full: list[Reader]) -> None:
@@ -606,4 +692,5 @@ class Stream:
             channel_buffer_size=self.settings.channel_buffer_size,
             ring_buffer_size=self.settings.ring_buffer_size,
             slow_reader=self.policy,
+            join=str(self.settings.join),
         )

@@ -179,15 +179,15 @@ def scan(port: int, pattern: str) -> list[str]:
 def stray_keys(port: int, namespace: str) -> list[str]:
     """The keys of ``namespace`` that the README does not document, once its streams are
     removed and its hosts have left: all but the tree, its snapshot, the epoch, the ended
-    logs of removed streams and their totals (which expire), and doorbells of killed
-    hosts (which expire)."""
+    logs of removed streams with their totals and cursors (which expire), and doorbells
+    of killed hosts (which expire)."""
     kept = {f"{{{namespace}}}:{name}" for name in ("tree", "snapshot", "epoch")}
     strays = []
     for key in scan(port, f"{{{namespace}}}:*") + scan(port, f"{{{namespace}:*"):
         if key in kept:
             continue
         expiring = int(cli(port, "ttl", key)) > 0
-        if key.endswith(":meta") or ":bell:" in key:
+        if key.endswith((":meta", ":cursors")) or ":bell:" in key:
             documented = expiring
         else:  # a stream's log: ended, and expiring
             newest = cli(port, "xrevrange", key, "+", "-", "count", 1).split()

@@ -39,7 +39,7 @@ class FakeLog:
         self.follows = 0
         self.counts = {"readers": 0, "writers": 0}
 
-    async def append(self, data):
+    async def append(self, data, waiter):
         if self.ended:
             raise StreamClosed(self.stream.name)
         self.appended.append(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import re
@@ -456,3 +457,74 @@ def test_a_host_that_leaves_takes_its_readers_and_writers_out_of_the_totals(host
     finally:
         with contextlib.suppress(OSError):
             os.close(writer)
+
+
+def test_block_paces_a_writer_to_a_slow_reader_on_another_host(hosts):
+    """Nothing is trimmed before the slow host has read it: the writer on A waits for B.
+
+    B's reader is ``pv -L`` at 1 MiB/s; the log may run at most the ring (256 KiB)
+    ahead of B's follower, so 4 MiB take A's writer over 2.5 s.
+    """
+    a, b = hosts(2, "--slow-reader=block", "--ring-buffer-size=256KB",
+                 "--channel-buffer-size=64KB")
+    (a / "s").touch()
+    reader = b.spawn(["sh", "-c", f"pv -q -L 1m -B 64k '{b / 's'}' | sha256sum"], text=True)
+    wait_until(lambda: local_readers(b / "s") == 1, what="B's pv reader")
+    payload = os.urandom(4 << 20)
+    written = threading.Event()
+
+    def write():
+        with open(a / "s", "wb", buffering=0) as f:
+            for i in range(0, len(payload), 64 << 10):
+                f.write(payload[i:i + (64 << 10)])
+        written.set()
+
+    started = time.monotonic()
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: xattr(a / "s", "waiting_writes") == 1 or written.is_set(),
+                   what="A's writer to wait for B")
+        assert not written.is_set(), "the writer never waited for the slow host"
+    finally:
+        writer.join(60)
+    elapsed = time.monotonic() - started
+    assert xattr(b / "s", "dropped_chunks") == 0
+    (a / "s").unlink()
+    out, _ = reader.communicate(timeout=60)
+    assert out.split()[0] == hashlib.sha256(payload).hexdigest(), "B's reader lost bytes"
+    assert elapsed > 2.5, f"A wrote 4 MiB in {elapsed:.1f} s: not paced to B's 1 MiB/s"
+    print(f"\n4 MiB to a 1 MiB/s reader on another host in {elapsed:.1f} s, none dropped")
+
+
+def test_a_killed_host_stops_holding_block_writers_back(hosts):
+    """B's reader never reads; once B's daemon is SIGKILLed, A's writer goes on after
+    B's cursor lapses (2 x --backend-timeout + 1 s), and says so."""
+    a, b = hosts(2, "--slow-reader=block", "--ring-buffer-size=64KB",
+                 "--channel-buffer-size=64KB", "--backend-timeout=1")
+    (a / "s").touch()
+    stalled = cat(b, "s")
+    stalled.send_signal(signal.SIGSTOP)
+    written = threading.Event()
+
+    def write():
+        with open(a / "s", "wb", buffering=0) as f:
+            for _ in range(32):
+                f.write(bytes(64 << 10))
+        written.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: xattr(a / "s", "waiting_writes") == 1 or written.is_set(),
+                   what="A's writer to wait for B")
+        assert not written.is_set(), "the writer never waited for the stalled host"
+        killed = time.monotonic()
+        b.stop(signal.SIGKILL)
+        assert written.wait(30), "A's writer still waits for a killed host"
+        waited = time.monotonic() - killed
+    finally:
+        writer.join(60)
+    wait_until(lambda: "has not renewed its cursor" in a.log(), what="A to log B's lapse")
+    assert 1.5 < waited < 10, waited
+    print(f"\nA's writer went on {waited:.1f} s after B was killed")
