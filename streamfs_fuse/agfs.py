@@ -12,20 +12,27 @@ Each route translates onto the same verbs as the native routes (composed,
 not inherited: :class:`AGFSRoutes` holds a :class:`~.http_routes.NativeRoutes`),
 for the request's identity: no stream policy and no tree rule lives here.
 Errors carry AGFS's texts (see :func:`agfs_message`) with the status AGFS's
-own error types map to. Routes AGFS has and this door does not (handles,
-symlinks, plugins) answer 501, which AGFS's clients take as "use the plain
-calls".
+own error types map to. Routes AGFS has and this door does not (symlinks,
+plugins, and a handle's seek and stream) answer 501, which AGFS's clients
+take as "use the plain calls".
+
+File handles (``/api/v1/handles/*``, see :class:`Handles`) hold a core
+:class:`~.namespace.OpenStream` between requests, so that agfs-fuse reads a
+live stream as a file read does: history first, then waiting for new data.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
+import logging
 import math
 import os
 import stat
 import time
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,12 +42,16 @@ import trio
 
 from .access import Access, Identity, check, may
 from .config import HTTPSettings
-from .http import READ_SIZE, STATUS_BY_ERRNO, Exchange, Refused
+from .http import READ_SIZE, STATUS_BY_ERRNO, UPLOAD_PIECE, Exchange, Refused
 from .http_routes import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
                           primary_gid)
-from .namespace import Directory, Namespace, Node, StreamFile, fail
+from .namespace import Directory, Namespace, Node, OpenStream, StreamFile, fail
+from .reader import ReaderDisconnected
+from .stream import StreamClosed
 
-__all__ = ["AGFSRoutes"]
+__all__ = ["AGFSRoutes", "Handles"]
+
+log = logging.getLogger(__name__)
 
 #: Where the AGFS API lives; see :data:`API_ROUTES`.
 API_PREFIX = b"/api/v1/"
@@ -73,9 +84,26 @@ API_ROUTES: dict[bytes, dict[bytes, str]] = {
     b"/api/v1/digest": {b"POST": "_api_digest"},
 }
 #: AGFS routes not served here: 501, so that AGFS's clients fall back to the
-#: plain calls (agfs-fuse opens files through handles when it gets anything else).
-UNIMPLEMENTED = (b"/api/v1/handles", b"/api/v1/symlink", b"/api/v1/readlink",
-                 b"/api/v1/plugins")
+#: plain calls.
+UNIMPLEMENTED = (b"/api/v1/symlink", b"/api/v1/readlink", b"/api/v1/plugins")
+#: Where the file handle routes live: ``/open``, ``/ID``, ``/ID/OPERATION``.
+HANDLES_PREFIX = b"/api/v1/handles"
+#: A handle's operations: name -> {method: the AGFSRoutes method that answers it}.
+HANDLE_ROUTES: dict[bytes, dict[bytes, str]] = {
+    b"": {b"GET": "_handle_info", b"DELETE": "_handle_close"},
+    b"read": {b"GET": "_handle_read"},
+    b"write": {b"PUT": "_handle_write"},
+    b"sync": {b"POST": "_handle_sync"},
+    b"renew": {b"POST": "_handle_renew"},
+    b"stat": {b"GET": "_handle_stat"},
+    # agfs-fuse asks for /stream on every open for reading, and reads through
+    # /read when it is refused: there a read waits READ_WAIT for data, where
+    # agfs-fuse's own stream reads give up (EOF to cat) after 5 s.
+    b"stream": {b"GET": "_handle_unimplemented"},
+    b"seek": {b"POST": "_handle_unimplemented"},
+}
+#: AGFS's open flags (its Go SDK's OpenFlag, Linux's values).
+O_ACCMODE, O_WRONLY, O_RDWR, O_CREATE, O_EXCL = 3, 1, 2, 0o100, 0o200
 
 
 class AGFSRoutes:
@@ -88,12 +116,17 @@ class AGFSRoutes:
         #: Where the tree appears in the AGFS API (AGFS's mount path), and its names.
         self._agfs_names = parse_path(os.fsencode(settings.agfs_path))
         self.agfs_path = "/" + "/".join(map(os.fsdecode, self._agfs_names))
+        #: The file handles open through this door.
+        self.handles = Handles()
 
     async def __call__(self, exchange: Exchange) -> None:
         if not origin_form(exchange.target).startswith(API_PREFIX):
             await self.native(exchange)
             return
         route, _, query = origin_form(exchange.target).partition(b"?")
+        if route == HANDLES_PREFIX or route.startswith(HANDLES_PREFIX + b"/"):
+            await self._handles_route(exchange, route[len(HANDLES_PREFIX):], query)
+            return
         methods = API_ROUTES.get(route)
         if methods is None:
             if route.startswith(UNIMPLEMENTED):
@@ -376,11 +409,332 @@ class AGFSRoutes:
             raise Refused(e.status, f"{context}: {e}") from None
         return isinstance(node, Directory)
 
+    # -- file handles --------------------------------------------------------
+
+    async def _handles_route(self, exchange: Exchange, rest: bytes, query: bytes) -> None:
+        """``/open``, the caller's list, and ``/ID[/OPERATION]`` for the handle's owner."""
+        params = parse_query(query)
+        if rest in (b"/open", b"", b"/"):
+            method = b"POST" if rest == b"/open" else b"GET"
+            if exchange.method != method:
+                raise Refused(405, "method not allowed", headers=((b"allow", method),))
+            await exchange.read_body(MAX_API_BODY)
+            if rest == b"/open":
+                await self._handle_open(exchange, params)
+            else:
+                await exchange.reply_json(200, self.handles.listing(exchange.identity))
+            return
+        handle_id, _, operation = rest[1:].partition(b"/")
+        methods = HANDLE_ROUTES.get(operation)
+        if methods is None:
+            raise Refused(404, f"unknown operation: {operation.decode(errors='replace')}")
+        if exchange.method not in methods:
+            raise Refused(405, "method not allowed", headers=((b"allow", b", ".join(methods)),))
+        try:
+            number = int(handle_id)
+        except ValueError:
+            raise Refused(400, "invalid handle ID: must be a number") from None
+        handle = self.handles.get(number, exchange.identity)
+        if exchange.method != b"PUT":  # a write reads its body as the chunk
+            await exchange.read_body(MAX_API_BODY)
+        async with self.handles.using(handle):
+            await getattr(self, methods[exchange.method])(exchange, handle, params)
+
+    async def _handle_open(self, exchange: Exchange, params: dict[str, str]) -> None:
+        """Open a stream as open(2) would (flags as AGFS's: Linux's values), into a handle.
+
+        ``mode`` is checked as AGFS does and not used: a stream made here is
+        0644, as every stream made over HTTP (pyagfs sends 0644 as "420",
+        which AGFS reads as octal 420).
+        """
+        path, names = self._api_names(params, "open")
+        flags = int_param(params, "flags", 0)
+        access = flags & O_ACCMODE
+        if flags < 0 or access == O_ACCMODE:
+            raise Refused(400, "invalid flags parameter")
+        try:
+            int(params.get("mode") or "644", 8)
+        except ValueError:
+            raise Refused(400, "invalid mode parameter") from None
+        lease = lease_param(params)
+        write = access in (O_WRONLY, O_RDWR)
+        if write and self.read_only:
+            raise Refused(403, "this server is read-only")
+        identity = exchange.identity
+        self.handles.check_room(identity)
+        with agfs_errors("open", path):
+            if not names:
+                raise fail(errno.EISDIR)
+            parent = self._parent(exchange, names)
+            opened, _ = await self.namespace.open_name(
+                parent, names[-1], read=access != O_WRONLY, write=write,
+                create=bool(flags & O_CREATE), exclusive=bool(flags & O_EXCL), mode=UPLOAD_MODE,
+                uid=identity.uid, gid=primary_gid(identity, parent), identity=identity)
+        handle = self.handles.add(identity, path, flags, opened, lease)
+        await exchange.reply_json(200, handle.info(("handle_id", "path", "flags", "lease",
+                                                    "expires_at")))
+
+    async def _handle_info(self, exchange, handle, params) -> None:
+        await exchange.reply_json(200, handle.info())
+
+    async def _handle_close(self, exchange, handle, params) -> None:
+        self.handles.close(handle)
+        await exchange.reply_json(200, {"message": "handle closed"})
+
+    async def _handle_read(self, exchange, handle, params) -> None:
+        """Up to ``size`` bytes (4096 unless given; -1: up to 1 MiB) as a file read gives
+        them: what is queued, history first, else the next data to come, waiting up to
+        :attr:`Handles.read_wait`; nothing (EOF) after rm. An ``offset`` other than where
+        the handle's last read ended moves it there in the stream first, as pread(2)."""
+        if handle.opened.reader is None:
+            raise Refused(400, f"read: {handle.path}: the handle is not open for reading")
+        size = int_param(params, "size", 4096)
+        size = READ_SIZE if size < 0 else min(size, READ_SIZE)
+        offset = None
+        if params.get("offset"):
+            offset = int_param(params, "offset", 0)
+            if offset < 0:
+                raise Refused(400, "invalid offset parameter")
+        try:
+            data = await self.handles.read(exchange, handle, size, offset)
+        except ReaderDisconnected:
+            raise Refused(500, f"read: {handle.path}: the reader fell behind and was cut off "
+                               "(the stream's disconnect policy)") from None
+        if data is not None:
+            await exchange.reply(200, data, b"application/octet-stream",
+                                 ((b"x-bytes-read", b"%d" % len(data)),))
+
+    async def _handle_write(self, exchange, handle, params) -> None:
+        """Append the body as one chunk (up to 1 MiB); ``offset`` is checked, not used:
+        a stream only appends."""
+        if handle.opened.writer is None:
+            raise Refused(400, f"write: {handle.path}: the handle is not open for writing")
+        if params.get("offset") and int_param(params, "offset", 0) < 0:
+            raise Refused(400, "invalid offset parameter")
+        body = await exchange.read_body(UPLOAD_PIECE)
+        try:
+            written = await handle.opened.write(body)
+        except StreamClosed:
+            raise Refused(410, "the stream was removed while it was being written") from None
+        await exchange.reply_json(200, {"bytes_written": written})
+
+    async def _handle_sync(self, exchange, handle, params) -> None:
+        """A write is in the stream when it is answered: nothing to flush."""
+        await exchange.reply_json(200, {"message": "synced"})
+
+    async def _handle_renew(self, exchange, handle, params) -> None:
+        handle.lease = lease_param(params)
+        await exchange.reply_json(200, handle.info(("expires_at", "lease")))
+
+    async def _handle_stat(self, exchange, handle, params) -> None:
+        node = handle.opened.node
+        await node.stream.refresh()
+        await exchange.reply_json(200, file_info(node, exchange.identity,
+                                                 handle.path.rpartition("/")[2]))
+
+    async def _handle_unimplemented(self, exchange, handle, params) -> None:
+        operation = origin_form(exchange.target).partition(b"?")[0].rpartition(b"/")[2]
+        raise Refused(501, f"{operation.decode()}: not implemented")
+
     def _parent(self, exchange: Exchange, names: list[bytes]) -> Directory:
         """The directory ``names`` would be in (the mount root itself has none here)."""
         if not names:
             raise Refused(409, agfs_message("", self.agfs_path, errno.EEXIST, "directory"))
         return self.native.parent_of(names, exchange.identity)
+
+
+class Handle:
+    """An open stream that AGFS's handle routes use between requests.
+
+    ``busy`` counts requests on it under way: a handle is idle, and its lease
+    runs, only while it is 0. ``position`` is where its last read ended.
+    """
+
+    __slots__ = ("id", "identity", "path", "flags", "opened", "lease", "position", "busy",
+                 "idle_since", "created_ns", "used_ns", "read_lock", "scopes")
+
+    def __init__(self, handle_id: int, identity: Identity, path: str, flags: int,
+                 opened: OpenStream, lease: int) -> None:
+        self.id = handle_id
+        self.identity = identity
+        self.path = path
+        self.flags = flags
+        self.opened = opened
+        self.lease = lease
+        self.position = 0
+        self.busy = 0
+        self.idle_since = trio.current_time()
+        self.created_ns = self.used_ns = time.time_ns()
+        self.read_lock = trio.Lock()
+        #: The waits of requests under way, cancelled when the handle closes.
+        self.scopes: set[trio.CancelScope] = set()
+
+    def expiry(self) -> float:
+        """When, in trio's clock, the lease ends if nothing uses the handle."""
+        return math.inf if self.busy else self.idle_since + self.lease
+
+    def info(self, keys: tuple[str, ...] | None = None) -> dict:
+        idle_since = time.time_ns() if self.busy else self.used_ns
+        info = {"handle_id": self.id, "path": self.path, "flags": self.flags,
+                "lease": self.lease, "expires_at": rfc3339(idle_since + self.lease * 10**9),
+                "created_at": rfc3339(self.created_ns), "last_access": rfc3339(self.used_ns)}
+        return info if keys is None else {key: info[key] for key in keys}
+
+
+class Handles:
+    """One door's table of open handles, each usable only by the identity that opened it.
+
+    A handle is released by its close, when its lease runs out with no
+    request on it (a client that went away), and when the daemon stops (the
+    task keeping the leases is a trio system task, cancelled when the run
+    ends). Each identity may hold :attr:`limit` at once: a client cannot run
+    the daemon out of memory or readers.
+    """
+
+    #: Open handles per identity (all clients without a token are one: nobody).
+    LIMIT = 1024
+    #: How long a read waits for data before it answers nothing (which a FUSE
+    #: client passes on as EOF): AGFS's streamfs waits 30 s, within agfs-fuse's
+    #: 60 s HTTP timeout (pyagfs's default of 10 s gives up sooner).
+    READ_WAIT = 30.0
+
+    def __init__(self) -> None:
+        self.limit = self.LIMIT
+        self.read_wait = self.READ_WAIT
+        self._handles: dict[int, Handle] = {}
+        self._ids = itertools.count(1)
+        self._held: Counter[Identity] = Counter()
+        #: The lease keeper's sleep, moved earlier when a lease would end sooner.
+        self._sleep: trio.CancelScope | None = None
+        self._keeping = False
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def check_room(self, identity: Identity) -> None:
+        if self._held[identity] >= self.limit:
+            raise Refused(429, f"too many open handles ({self.limit} per user)")
+
+    def add(self, identity: Identity, path: str, flags: int, opened: OpenStream,
+            lease: int) -> Handle:
+        try:
+            self.check_room(identity)  # again: others may have opened during the open
+        except Refused:
+            opened.close()
+            raise
+        handle = Handle(next(self._ids), identity, path, flags, opened, lease)
+        self._handles[handle.id] = handle
+        self._held[identity] += 1
+        self._lease_ends(handle.expiry())
+        if not self._keeping:
+            self._keeping = True
+            trio.lowlevel.spawn_system_task(self._keep_leases, name="AGFS handle leases")
+        return handle
+
+    def get(self, handle_id: int, identity: Identity) -> Handle:
+        """The handle, for its owner; 404 for anyone else, as for a handle never opened."""
+        handle = self._handles.get(handle_id)
+        if handle is None or handle.identity != identity:
+            raise Refused(404, f"handle {handle_id} not found")
+        return handle
+
+    def listing(self, identity: Identity) -> dict:
+        mine = [handle.info() for handle in self._handles.values() if handle.identity == identity]
+        return {"handles": mine, "count": len(mine), "max": self.limit}
+
+    @asynccontextmanager
+    async def using(self, handle: Handle):
+        """A request on ``handle``: its lease does not run meanwhile, and restarts after."""
+        handle.busy += 1
+        try:
+            yield
+        finally:
+            handle.busy -= 1
+            handle.idle_since = trio.current_time()
+            handle.used_ns = time.time_ns()
+            if handle.id in self._handles:
+                self._lease_ends(handle.expiry())
+
+    async def read(self, exchange: Exchange, handle: Handle, size: int,
+                   offset: int | None) -> bytes | None:
+        """Read as :meth:`AGFSRoutes._handle_read` says; None if the client went away.
+
+        A client hanging up while the read waits cancels it, which loses
+        nothing: what comes next stays queued for the handle's next read.
+        """
+        async with handle.read_lock:
+            reader = handle.opened.reader
+            if offset is not None and offset != handle.position:
+                reader.seek(offset)
+                handle.position = offset
+            data = b""
+            hung_up = cut_off = False
+
+            async def watch_hangup(scope: trio.CancelScope) -> None:
+                nonlocal hung_up
+                await exchange._watch_hangup(scope)
+                hung_up = True
+
+            with trio.CancelScope(deadline=trio.current_time() + self.read_wait) as wait:
+                handle.scopes.add(wait)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(watch_hangup, nursery.cancel_scope)
+                        try:
+                            data = bytes(await reader.read(size))
+                        except ReaderDisconnected:
+                            cut_off = True  # raised here, not out of the nursery's group
+                        nursery.cancel_scope.cancel()
+                finally:
+                    handle.scopes.discard(wait)
+            if cut_off:
+                raise ReaderDisconnected
+            if hung_up:
+                return None
+            handle.position += len(data)
+            return data
+
+    def close(self, handle: Handle) -> None:
+        """Release the handle's stream; requests waiting on it end (a read with nothing)."""
+        if self._handles.pop(handle.id, None) is None:
+            return
+        self._held[handle.identity] -= 1
+        if not self._held[handle.identity]:
+            del self._held[handle.identity]
+        for scope in handle.scopes:
+            scope.cancel()
+        handle.opened.close()
+
+    def _lease_ends(self, when: float) -> None:
+        if self._sleep is not None and when < self._sleep.deadline:
+            self._sleep.deadline = when
+
+    async def _keep_leases(self) -> None:
+        """Close handles whose lease ran out; all of them when cancelled (the daemon stops)."""
+        try:
+            while self._handles:
+                with trio.CancelScope(deadline=min(
+                        handle.expiry() for handle in self._handles.values())) as self._sleep:
+                    await trio.sleep_forever()
+                self._sleep = None
+                now = trio.current_time()
+                for handle in [h for h in self._handles.values() if h.expiry() <= now]:
+                    log.info("AGFS handle %d on %s: its lease of %d s ran out; released",
+                             handle.id, handle.path, handle.lease)
+                    self.close(handle)
+        finally:
+            self._sleep = None
+            self._keeping = False
+            for handle in list(self._handles.values()):
+                self.close(handle)
+
+
+def lease_param(params: dict[str, str]) -> int:
+    """A handle's lease in seconds: AGFS's 60 unless given, at most its 300."""
+    lease = int_param(params, "lease", 60)
+    if not 0 < lease <= 300:
+        raise Refused(400, "invalid lease parameter (1 to 300 seconds)")
+    return lease
 
 
 def parse_query(query: bytes) -> dict[str, str]:

@@ -13,14 +13,17 @@ import http.client
 import json
 import os
 import pwd
+import select
+import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import trio
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from conftest import accepts, free_port, wait_until, xattr
+from conftest import accepts, free_port, wait_parked, wait_until, xattr
 from streamfs_fuse.access import ROOT
 from streamfs_fuse.agfs import AGFSRoutes
 from streamfs_fuse.config import HTTPSettings
@@ -304,14 +307,198 @@ def test_pyagfs_without_a_token_reads_what_all_may_read_and_writes_nothing(door)
 
 def test_unimplemented_agfs_routes_answer_501(door):
     door.client.write("/streamfs/s", b"abc")
-    for method, target in [("POST", "/api/v1/handles/open?path=/streamfs/s"),
-                           ("GET", "/api/v1/handles/1/read"),
+    handle = door.client.open_handle("/streamfs/s")
+    for method, target in [("GET", f"/api/v1/handles/{handle.handle_id}/stream"),
+                           ("POST", f"/api/v1/handles/{handle.handle_id}/seek?offset=0"),
                            ("POST", "/api/v1/symlink?path=/streamfs/l"),
                            ("GET", "/api/v1/readlink?path=/streamfs/l"),
                            ("GET", "/api/v1/plugins")]:
         status, body = door.error(method, target)
         assert status == 501 and "not implemented" in body["error"], (target, status, body)
+    handle.close()
 
+
+O_WRONLY, O_RDWR, O_CREATE, O_EXCL = 1, 2, 0o100, 0o200  # AGFS's open flags
+
+
+def test_a_handle_reads_history_then_waits_for_live_data_until_rm(door):
+    """As a file read through the mount: what is queued (history first), else the next write."""
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"history\n")
+    handle = client.open_handle("/streamfs/s")
+    assert xattr(mnt / "s", "readers") == 1  # counted while the handle is open
+    assert client.stat("/streamfs/s")["meta"]["Content"]["active_readers"] == "1"
+    assert handle.read(100) == b"history\n"
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(handle.read, 100)
+        wait_parked(mnt / "s")
+        with open(mnt / "s", "ab", buffering=0) as writer:
+            writer.write(b"live\n")
+            assert waiting.result(timeout=10) == b"live\n"
+            writer.write(b"more\n")
+        assert handle.read(100) == b"more\n"
+        waiting = pool.submit(handle.read, 100)
+        wait_parked(mnt / "s")
+        os.unlink(mnt / "s")  # rm ends the stream: the waiting read gets EOF
+        assert waiting.result(timeout=10) == b""
+    assert handle.read_at(100, 0) == b"history\nlive\nmore\n"  # pread: from the ring
+    assert handle.read(100) == b""
+    info = handle.info()
+    assert info["handle_id"] == handle.handle_id and info["path"] == "/streamfs/s"
+    assert [entry["handle_id"] for entry in client.list_handles()] == [handle.handle_id]
+    assert handle.close() is None and client.list_handles() == []
+    with pytest.raises(AGFSClientError, match=f"^handle {handle.handle_id} not found$"):
+        client.handle_read(handle.handle_id, 1)
+
+
+def test_a_handle_writes_one_chunk_per_request(door):
+    client, mnt = door.client, door.mount
+    handle = client.open_handle("/streamfs/w", flags=O_WRONLY | O_CREATE)
+    assert os.stat(mnt / "w").st_mode & 0o7777 == 0o644
+    with open(mnt / "w", "rb", buffering=0) as reader:
+        assert handle.write(b"one\n") == 4
+        assert reader.read(100) == b"one\n"
+        assert handle.write_at(b"two\n", 0) == 4  # a stream appends: the offset is not used
+        assert reader.read(100) == b"two\n"
+    assert xattr(mnt / "w", "chunks_written") == 2 and xattr(mnt / "w", "writers") == 1
+    assert client.handle_sync(handle.handle_id) == {"message": "synced"}
+    assert handle.stat()["meta"]["Content"]["total_written"] == "8"
+    handle.close()
+    assert xattr(mnt / "w", "writers") == 0
+    both = client.open_handle("/streamfs/w", flags=O_RDWR)
+    assert both.read(100) == b"one\ntwo\n"  # its own read side, from the history
+    both.write(b"three\n")
+    assert both.read(100) == b"three\n"
+    both.close()
+
+
+def test_handle_errors(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"abc")
+    (mnt / "d").mkdir()
+    for flags, path, error in [
+            (0, "/streamfs/missing", "stream not found: /streamfs/missing"),
+            (O_WRONLY | O_CREATE | O_EXCL, "/streamfs/s", "stream already exists: /streamfs/s"),
+            (0, "/streamfs/d", "is a directory: /streamfs/d"),
+            (0, "/streamfs", "is a directory: /streamfs"),
+            (3, "/streamfs/s", "invalid flags parameter")]:
+        with pytest.raises(AGFSClientError, match=f"^{error}$"):
+            client.open_handle(path, flags=flags)
+    reading = client.open_handle("/streamfs/s")
+    writing = client.open_handle("/streamfs/s", flags=O_WRONLY)
+    with pytest.raises(AGFSClientError, match="the handle is not open for writing"):
+        reading.write(b"x")
+    with pytest.raises(AGFSClientError, match="the handle is not open for reading"):
+        writing.read(1)
+    for method, target, status, error in [
+            ("GET", f"/api/v1/handles/{reading.handle_id}/nonsense", 404,
+             "unknown operation: nonsense"),
+            ("GET", "/api/v1/handles/x/read", 400, "invalid handle ID: must be a number"),
+            ("PUT", f"/api/v1/handles/{reading.handle_id}/read", 405, "method not allowed"),
+            ("GET", "/api/v1/handles/open?path=/streamfs/s", 405, "method not allowed"),
+            ("GET", f"/api/v1/handles/{reading.handle_id}/read?offset=-1", 400,
+             "invalid offset parameter"),
+            ("POST", "/api/v1/handles/open?path=/streamfs/s&mode=9", 400,
+             "invalid mode parameter"),
+            ("POST", "/api/v1/handles/open?path=/streamfs/s&lease=301", 400,
+             "invalid lease parameter (1 to 300 seconds)")]:
+        assert door.error(method, target) == (status, {"error": error}), target
+    reading.close()
+    writing.close()
+    assert xattr(mnt / "s", "readers") == 0 and xattr(mnt / "s", "writers") == 0
+
+
+def test_a_handle_is_its_openers_alone(door):
+    """Another identity is told the handle does not exist; who may not read the stream
+    may not open it."""
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"abc")
+    (mnt / "s").chmod(0o600)
+    handle = client.open_handle("/streamfs/s")
+    anonymous = agfs_client(door.port, anonymous=True)
+    try:
+        for call in (lambda: anonymous.handle_read(handle.handle_id, 10),
+                     lambda: anonymous.handle_write(handle.handle_id, b"x"),
+                     lambda: anonymous.get_handle_info(handle.handle_id),
+                     lambda: anonymous.close_handle(handle.handle_id)):
+            with pytest.raises(AGFSClientError, match=f"^handle {handle.handle_id} not found$"):
+                call()
+        assert anonymous.list_handles() == []
+        with pytest.raises(AGFSClientError, match="^open: /streamfs/s: permission denied$"):
+            anonymous.open_handle("/streamfs/s")
+    finally:
+        anonymous.session.close()
+    assert handle.read(10) == b"abc"  # still open for its owner
+    handle.close()
+
+
+def test_a_handle_nobody_uses_is_released_when_its_lease_runs_out(door):
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"abc")
+    handle = client.open_handle("/streamfs/s", lease=1)
+    assert handle.info()["lease"] == 1
+    assert client.renew_handle(handle.handle_id, lease=2)["lease"] == 2
+    assert xattr(mnt / "s", "readers") == 1
+    wait_until(lambda: xattr(mnt / "s", "readers") == 0, what="the lease to run out")
+    with pytest.raises(AGFSClientError, match="not found"):
+        handle.info()
+
+
+def test_a_read_whose_client_hangs_up_loses_nothing(door):
+    """The client going away cancels the waiting read: the next write stays queued."""
+    client, mnt = door.client, door.mount
+    client.write("/streamfs/s", b"")
+    client.create("/streamfs/t")
+    handle = client.open_handle("/streamfs/t")
+    with socket.create_connection(("127.0.0.1", door.port)) as sock:
+        sock.sendall(f"GET /api/v1/handles/{handle.handle_id}/read?size=100 HTTP/1.1\r\n"
+                     f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        wait_parked(mnt / "t")
+    wait_parked(mnt / "t", reads=0, timeout=5)  # at once, not at the 30 s bound
+    with open(mnt / "t", "ab", buffering=0) as writer:
+        writer.write(b"kept\n")
+    assert handle.read(100) == b"kept\n"
+    handle.close()
+
+
+def run_door(routes: AGFSRoutes, drive) -> None:
+    """Serve ``routes`` in this thread's own trio run while ``drive(port)`` runs in another
+    thread; the run ends (as a daemon stops) when ``drive`` returns."""
+
+    async def main():
+        door = HTTPDoor(routes, HTTPSettings(addresses=(("127.0.0.1", 0),)),
+                        token=TOKEN.encode(), token_owner=ROOT)
+        async with trio.open_nursery() as nursery:
+            [listener, *_] = await nursery.start(door.serve)
+            await trio.to_thread.run_sync(drive, listener.socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_handles_have_a_wait_bound_a_limit_and_go_when_the_daemon_stops():
+    namespace = Namespace(StreamSettings(), os.getuid(), os.getgid())
+    routes = AGFSRoutes(namespace, HTTPSettings())
+    routes.handles.read_wait = 0.2
+    routes.handles.limit = 2
+
+    def drive(port):
+        client = agfs_client(port)
+        try:
+            client.write("/streamfs/s", b"abc")
+            first, second = client.open_handle("/streamfs/s"), client.open_handle("/streamfs/s")
+            assert first.read(100) == b"abc"
+            assert first.read(100) == b""  # nothing came within the wait: 200, empty
+            with pytest.raises(AGFSClientError, match=r"^too many open handles \(2 per user\)$"):
+                client.open_handle("/streamfs/s")
+            second.close()
+            client.open_handle("/streamfs/s")
+        finally:
+            client.session.close()
+
+    run_door(routes, drive)
+    stream = namespace.child(namespace.root, b"s").stream
+    assert stream.statistics().readers == 0 and len(routes.handles) == 0
 
 def test_chmod_as_through_the_mount(door):
     client, mnt = door.client, door.mount
@@ -403,12 +590,13 @@ def test_grep_and_digest_refuse_a_stream_with_agfs_words(door):
 def test_agfs_fuse_on_the_door_reads_and_writes_live_streams(mount_with, tmp_path):
     """AGFS's own FUSE client, unmodified, mounted on the door (anonymous: it sends no token).
 
-    It asks for /api/v1/handles first and uses the plain calls on 501. Its
-    fallback reads a file whole on the first read, so a ``cat`` through it gets
-    what the stream holds then and ends; its writes are PUTs, read live through
-    our mount. Skipped unless AGFS_FUSE names the binary only because CI cannot
-    build agfs-fuse (no network for its Go modules); the manual run and its
-    result are in docs/agfs-anchor-run.md.
+    It opens files through /api/v1/handles, and reads through /read when
+    /stream is refused: ``cat`` through it follows a live stream, each line
+    arriving while the writer is still writing, until rm. Its writes are one
+    handle write each, read live through our mount. Skipped unless AGFS_FUSE
+    names the binary only because CI cannot build agfs-fuse (no network for
+    its Go modules); the handle routes themselves are tested above with
+    pyagfs, and the manual run is in docs/agfs-anchor-run.md.
     """
     port = free_port()
     mnt = mount_with("--http", f"127.0.0.1:{port}")
@@ -416,42 +604,66 @@ def test_agfs_fuse_on_the_door_reads_and_writes_live_streams(mount_with, tmp_pat
     mnt.path.chmod(0o1777)  # agfs-fuse acts as nobody: a public drop directory
     agfs_mnt = tmp_path / "agfs"
     agfs_mnt.mkdir()
-    with open(tmp_path / "agfs-fuse.log", "wb") as log:
+    log_path = tmp_path / "agfs-fuse.log"
+    cat = None
+    with open(log_path, "wb") as log:
         agfs = subprocess.Popen([AGFS_FUSE, "--agfs-server-url", f"http://127.0.0.1:{port}",
                                  "--mount", str(agfs_mnt), "--log-level", "debug"],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: os.path.ismount(agfs_mnt) or agfs.poll() is not None,
                        what="agfs-fuse to mount")
-            assert agfs.poll() is None, (tmp_path / "agfs-fuse.log").read_text()
+            assert agfs.poll() is None, log_path.read_text()
             streams = agfs_mnt / "streamfs"
-
-            def cat(name: str) -> bytes:
-                return subprocess.run(["cat", str(streams / name)], capture_output=True,
-                                      check=True, timeout=30).stdout
 
             with open(mnt / "live", "wb", buffering=0) as writer:  # a live stream
                 (mnt / "live").chmod(0o644)
                 writer.write(b"history\n")
-                assert cat("live") == b"history\n"
-                writer.write(b"live\n")
-                assert cat("live") == b"history\nlive\n"
+                cat = subprocess.Popen(["cat", str(streams / "live")], stdout=subprocess.PIPE)
+                assert read_some(cat.stdout, 8) == b"history\n"
+                for n in range(3):  # each written after cat parked, arriving as written
+                    wait_parked(mnt / "live")
+                    assert xattr(mnt / "live", "readers") == 1
+                    writer.write(b"live %d\n" % n)
+                    assert read_some(cat.stdout, 7) == b"live %d\n" % n
+            wait_parked(mnt / "live")
+            os.unlink(mnt / "live")  # rm ends the stream: cat gets EOF
+            assert cat.wait(timeout=10) == 0 and cat.stdout.read() == b""
 
-            with open(streams / "made", "ab", buffering=0) as writer:  # create, then PUTs
+            with open(streams / "made", "ab", buffering=0) as writer:  # handle writes
                 writer.write(b"one\n")
                 with open(mnt / "made", "rb", buffering=0) as reader:
                     assert reader.read(100) == b"one\n"
                     writer.write(b"two\n")
                     assert reader.read(100) == b"two\n"
             assert os.stat(mnt / "made").st_uid == pwd.getpwnam("nobody").pw_uid
-            assert xattr(mnt / "made", "bytes_written") == 8
+            assert xattr(mnt / "made", "chunks_written") == 2
+            assert xattr(mnt / "made", "writers") == 0  # released on close
             os.unlink(streams / "made")
-            assert sorted(os.listdir(mnt.path)) == ["live"]
-            assert "HandleFS not supported" in (tmp_path / "agfs-fuse.log").read_text()
+            assert os.listdir(mnt.path) == []
+            text = log_path.read_text()
+            assert "Opened remote handle" in text and "HandleFS not supported" not in text
         finally:
+            if cat is not None:
+                if cat.poll() is None:
+                    cat.kill()  # ends once its read returns: at most the 30 s read bound
+                    cat.wait(timeout=40)
+                cat.stdout.close()
             subprocess.run(["fusermount3", "-u", "-z", str(agfs_mnt)], check=False)
             try:
                 agfs.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 agfs.kill()
                 agfs.wait()
+
+
+def read_some(pipe, size: int, timeout: float = 10.0) -> bytes:
+    """``size`` bytes from ``pipe`` as they come; fails if they take over ``timeout`` s."""
+    data = b""
+    while len(data) < size:
+        ready, _, _ = select.select([pipe], [], [], timeout)
+        assert ready, f"nothing after {data!r} within {timeout} s"
+        piece = os.read(pipe.fileno(), size - len(data))
+        assert piece, f"EOF after {data!r}"
+        data += piece
+    return data
