@@ -83,6 +83,14 @@ log = logging.getLogger(__name__)
 #: Hash slots the streams of a namespace are spread over, and the most
 #: blocking reads (connections) a host keeps for following streams.
 SHARDS = 16
+#: Connections a cluster client may keep to each node: every blocking read
+#: (one per shard, one for the tree) may be on one node, and each holds a
+#: connection until it returns; other commands share the rest (each holds one
+#: only while it is sent). coredis's default, 32 for the whole cluster, gave
+#: 5 to 8 per node, and with that many blocking reads on one node every other
+#: command to it waited until one returned (logged: "connections free per
+#: node ... 0/8"; the cluster test's unlinks then failed with EIO after 10 s).
+NODE_CONNECTIONS = SHARDS + 1 + 8
 #: Bits of an inode number that hold its tree entry's sequence within a millisecond.
 SEQUENCE_BITS = 20
 #: Entries per XRANGE page when a host loads a stream's history.
@@ -296,7 +304,8 @@ def connect(settings: BackendSettings) -> coredis.Redis | coredis.RedisCluster:
         if parts.password and not password:
             kwargs["password"] = parts.password
         return coredis.RedisCluster(startup_nodes=nodes, ssl=parts.scheme == "rediss+cluster",
-                                    **kwargs)
+                                    max_connections=NODE_CONNECTIONS,
+                                    max_connections_per_node=True, **kwargs)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise BackendError(f"{url}: the backend must be a redis://, rediss://, unix:// or"
                            " redis+cluster:// URL")
@@ -424,9 +433,26 @@ class RedisStore:
                 except UNREACHABLE as e:
                     log.debug("redis: %s; trying again", describe(e))
                 await trio.sleep(RECONNECT_DELAY)
-        log.error("redis at %s did not answer for %g s", shown(self.settings.url),
-                  self.settings.timeout)
+        log.error("redis at %s did not answer for %g s (%s)", shown(self.settings.url),
+                  self.settings.timeout, self.pool_view())
         raise fail(errno.EIO)
+
+    def pool_view(self) -> str:
+        """coredis's connections as it sees them, for the log when Redis seems not to answer:
+        those free per node (a command waits for one), those open, and this host's
+        blocking reads (each holds one)."""
+        pool = self.client.connection_pool
+        reads = 1 + sum(1 for shard in self.shards.values() if shard.logs)
+        try:  # coredis's private state: a view for the log, nothing relies on it
+            queues = getattr(pool, "_cluster_available_connections", None)
+            if queues is None:
+                queues = {"redis": pool._available_connections}
+            free = ", ".join(f"{getattr(where, 'port', where)} {len(queue)}/{queue._maxsize}"
+                             for where, queue in queues.items())
+            return (f"coredis: connections free per node {free}; open"
+                    f" {len(pool._online_connections)}; blocking reads {reads}")
+        except AttributeError:
+            return f"blocking reads {reads}"
 
     async def _write(self, attempt, settle) -> None:
         """Try ``attempt()`` until it returns True: a write Redis applies once, or not at all.
@@ -453,7 +479,8 @@ class RedisStore:
                 except UNREACHABLE as e:
                     log.debug("redis: %s; trying again", describe(e))
                     await trio.sleep(RECONNECT_DELAY)
-        log.error("redis at %s did not answer for %g s", shown(self.settings.url), timeout)
+        log.error("redis at %s did not answer for %g s (%s)", shown(self.settings.url), timeout,
+                  self.pool_view())
         if unanswered:
             with trio.move_on_after(timeout) as settling:
                 while True:
