@@ -672,7 +672,7 @@ class Handles:
 
             async def watch_hangup(scope: trio.CancelScope) -> None:
                 nonlocal hung_up
-                await exchange._watch_hangup(scope)
+                await exchange.watch_hangup(scope)
                 hung_up = True
 
             with trio.CancelScope(deadline=trio.current_time() + self.read_wait) as wait:

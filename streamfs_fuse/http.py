@@ -302,7 +302,7 @@ class Exchange:
             await sock.send_all(conn.send(h11.EndOfMessage()))
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_hangup, nursery.cancel_scope)
+            nursery.start_soon(self.watch_hangup, nursery.cancel_scope)
             try:
                 while data := await reader.read_for_sending(READ_SIZE, SEND_GATHER):
                     await self._send_data(data)
@@ -316,8 +316,11 @@ class Exchange:
         if conn.our_state is h11.SEND_BODY:
             await sock.send_all(conn.send(h11.EndOfMessage()))
 
-    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
-        """Read while a response streams: a close ends it; pipelined requests are kept."""
+    async def watch_hangup(self, scope: trio.CancelScope) -> None:
+        """Read while an answer waits or streams: the client closing cancels ``scope``.
+
+        Pipelined requests are kept for later, up to :data:`MAX_HEAD`.
+        """
         kept = 0
         try:
             while data := await self.sock.receive_some(MAX_HEAD):
