@@ -26,6 +26,8 @@ from redis_servers import RedisServer, cli, scan, stray_keys
 #: than twice that, so that a write in the stall is settled before it answers).
 TIMEOUT = 2
 STALL = 3
+#: A stall shorter than the timeout.
+SHORT_STALL = 1.5
 
 
 @pytest.fixture
@@ -36,13 +38,22 @@ def debug_redis(tmp_path):
 
 
 @pytest.fixture
-def hosts(mount_with, debug_redis):
-    """``hosts(n)``: n mounts sharing a fresh namespace, checked for stray keys afterwards."""
+def aof_redis(tmp_path):
+    """A redis-server that appends every write to its AOF (fsync each), restartable from it."""
+    server = RedisServer(tmp_path / "redis-aof",
+                         args=("--appendonly", "yes", "--appendfsync", "always"))
+    yield server
+    server.stop()
+
+
+def sharing(mount_with, server):
+    """``hosts(n)``: n mounts sharing a fresh namespace of ``server``, checked for stray
+    keys afterwards."""
     namespace = "f" + secrets.token_hex(4)
     mounts = []
 
     def start(n: int = 2, *args: str):
-        started = [mount_with(f"--backend={debug_redis.url}", f"--namespace={namespace}",
+        started = [mount_with(f"--backend={server.url}", f"--namespace={namespace}",
                               f"--backend-timeout={TIMEOUT}", "--ring-buffer-size=64MB", *args,
                               name=f"host{len(mounts) + i}") for i in range(n)]
         mounts.extend(started)
@@ -53,7 +64,17 @@ def hosts(mount_with, debug_redis):
     remove_everything(mounts)
     for mount in mounts:
         mount.close()
-    assert stray_keys(debug_redis.port, namespace) == []
+    assert stray_keys(server.port, namespace) == []
+
+
+@pytest.fixture
+def hosts(mount_with, debug_redis):
+    yield from sharing(mount_with, debug_redis)
+
+
+@pytest.fixture
+def aof_hosts(mount_with, aof_redis):
+    yield from sharing(mount_with, aof_redis)
 
 
 def remove_everything(mounts) -> None:
@@ -259,3 +280,74 @@ def test_a_write_whose_connection_is_killed_in_a_pause_is_fenced_and_retried_onc
     for cat in cats:
         out, _ = cat.communicate(timeout=30)
         assert out == b"first\nsecond\nthird\n"
+
+
+def test_a_stall_shorter_than_the_timeout_only_delays(hosts, debug_redis):
+    """Writes wait for the stall and succeed; ls answers at once, stat within 0.5 s with
+    the last figures it had; readers lose nothing."""
+    a, b = hosts(2)
+    (a / "s").touch()
+    cats = readers((a, b), "s")
+    with open(a / "s", "wb", buffering=0) as f:
+        f.write(b"before\n")
+        wait_until(lambda: os.stat(b / "s").st_size == 7, what="B's size")
+        sleeper = stall(debug_redis, SHORT_STALL)
+        started = time.monotonic()
+        listed = os.listdir(b.path)
+        size = os.stat(b / "s").st_size
+        looked = time.monotonic() - started
+        f.write(b"during\n")
+        wrote = time.monotonic() - started
+        sleeper.wait(30)
+    (b / "s").unlink()
+    for cat in cats:
+        out, _ = cat.communicate(timeout=30)
+        assert cat.returncode == 0 and out == b"before\nduring\n"
+    assert listed == ["s"] and size == 7 and looked < 1.0, (listed, size, looked)
+    assert wrote < TIMEOUT
+    print(f"\nls and stat during a {SHORT_STALL} s stall: {looked:.2f} s; the write waited"
+          f" {wrote:.2f} s")
+
+
+def test_a_restart_from_the_aof_loses_nothing_acknowledged(aof_hosts, aof_redis):
+    """SIGKILL Redis and start it again from its AOF (appendfsync always) while a record
+    goes every 20 ms: writes wait and go on, readers on both hosts get every record that
+    succeeded, once, in order, and the tree is still there."""
+    a, b = aof_hosts(2)
+    (a / "d").mkdir()
+    (a / "d" / "s").touch()
+    cats = readers((a, b), "d/s")
+    succeeded, failed, stop = [], [], threading.Event()
+
+    def write():
+        with open(a / "d" / "s", "wb", buffering=0) as f:
+            n = 0
+            while not stop.is_set():
+                try:
+                    f.write(b"%05d\n" % n)
+                    succeeded.append((n, time.monotonic()))
+                except OSError as e:
+                    failed.append((n, e.errno))
+                n += 1
+                time.sleep(0.02)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: len(succeeded) >= 10, what="some records")
+        aof_redis.kill()
+        killed = time.monotonic()
+        aof_redis.start()
+        wait_until(lambda: succeeded[-1][1] > killed + 1, what="records after the restart")
+    finally:
+        stop.set()
+        writer.join(60)
+    assert os.listdir(b / "d") == ["s"]
+    gap = max(t2 - t1 for (_, t1), (_, t2) in zip(succeeded, succeeded[1:]))
+    (b / "d" / "s").unlink()
+    for cat in cats:
+        out, _ = cat.communicate(timeout=30)
+        assert cat.returncode == 0
+        assert [int(line) for line in out.split()] == [n for n, _ in succeeded], failed
+    assert failed == [] and "lost the namespace" not in a.log() + b.log()
+    print(f"\n{len(succeeded)} records, none lost; the longest wait for a write {gap:.2f} s")
