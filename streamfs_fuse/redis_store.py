@@ -780,11 +780,13 @@ class RedisStore:
                 for (meta, figure), delta in final.items():
                     if delta:
                         nursery.start_soon(self._take_back, meta, figure, delta)
+                followed = dict(self._cursors)
                 for shard in self.shards.values():
                     nursery.start_soon(self._remove_bell, shard.bell)
-                    for log_ in shard.logs.values():
-                        if log_.published:
-                            nursery.start_soon(self._remove_cursor, log_)
+                    followed.update(dict.fromkeys(shard.logs.values()))
+                for log_ in followed:
+                    if log_.published:
+                        nursery.start_soon(self._remove_cursor, log_)
 
     async def _take_back(self, meta: str, figure: str, delta: int) -> None:
         try:

@@ -535,3 +535,16 @@ def test_a_killed_host_stops_holding_block_writers_back(hosts):
     wait_until(lambda: "has not renewed its cursor" in a.log(), what="A to log B's lapse")
     assert 1.5 < waited < 10, waited
     print(f"\nA's writer went on {waited:.1f} s after B was killed")
+
+
+def test_a_block_writer_waiting_for_another_host_can_be_interrupted(hosts):
+    a, b = hosts(2, "--slow-reader=block", "--ring-buffer-size=64KB",
+                 "--channel-buffer-size=64KB")
+    (a / "s").touch()
+    stalled = cat(b, "s")
+    stalled.send_signal(signal.SIGSTOP)
+    dd = a.spawn(["dd", "if=/dev/zero", f"of={a / 's'}", "bs=64k", "count=64"])
+    wait_until(lambda: xattr(a / "s", "waiting_writes") == 1, what="A's writer to wait for B")
+    dd.send_signal(signal.SIGTERM)
+    assert dd.wait(5) == -signal.SIGTERM
+    stalled.send_signal(signal.SIGCONT)
