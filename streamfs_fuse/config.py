@@ -20,7 +20,7 @@ import humanfriendly
 from humanfriendly.text import tokenize
 
 from .budget import physical_memory
-from .stream import SlowReaderPolicy, StreamSettings
+from .stream import Join, SlowReaderPolicy, StreamSettings
 
 __all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
            "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
@@ -138,6 +138,16 @@ def parse_policy(value: Any, what: str) -> SlowReaderPolicy:
     except ValueError:
         choices = ", ".join(p.value for p in SlowReaderPolicy)
         raise ConfigError(f"{what}: {value!r} is not one of {choices}") from None
+
+
+def parse_join(value: Any, what: str) -> Join:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what}: expected ring, keyframe, live or a duration such as "
+                          f"'10s', got {value!r}")
+    try:
+        return Join.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -398,6 +408,11 @@ SETTINGS = (
     Setting("max_memory", partial(parse_size, minimum=1),
             "cap on the data queued for all readers of the mount; over it, "
             "the readers furthest behind lose their oldest data first"),
+    Setting("join", parse_join,
+            "where a reader that opens starts: ring (all history), keyframe (the newest "
+            "MPEG-TS keyframe in the ring, with PAT and PMT), live (no history), or a "
+            "duration back such as 10s (from a keyframe for MPEG-TS)",
+            metavar="ring|keyframe|live|DURATION"),
     Setting("http", parse_addresses,
             "also serve the streams over HTTP on HOST:PORT (:PORT or PORT alone means "
             "127.0.0.1:PORT, port 0 any free port; a HOST that is not loopback needs "

@@ -26,14 +26,14 @@ import posixpath
 import pwd
 from contextlib import aclosing
 from dataclasses import asdict
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from .access import Access, Identity, check, may
 from .config import HTTPSettings
 from .http import Exchange, Refused, http_date
 from .listing_page import listing_page
 from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
-from .stream import StreamClosed
+from .stream import Join, StreamClosed
 
 __all__ = ["NativeRoutes", "check_path", "origin_form", "parse_path"]
 
@@ -124,7 +124,8 @@ class NativeRoutes:
     async def stream(self, exchange: Exchange, node: Node, kind: bytes | None = None) -> None:
         """Send the stream at ``node``, as ``cat`` reads it, until rm."""
         opened = await self.namespace.open(node, read=True, write=False,
-                                           identity=exchange.identity)
+                                           identity=exchange.identity,
+                                           join=query_join(exchange.target))
         try:
             await exchange.send_stream(opened.reader, [
                 (b"content-type", kind or content_type(node.name).encode()),
@@ -243,6 +244,16 @@ def parse_path(target: bytes) -> list[bytes]:
     if not path.startswith(b"/"):
         raise Refused(400, "the path must start with /")
     return check_path(unquote_to_bytes(path))
+
+
+def query_join(target: bytes) -> Join | None:
+    """A GET's ``?join=`` (where the reader starts), or None for the stream's own setting."""
+    query = origin_form(target).partition(b"?")[2].decode("ascii", "surrogateescape")
+    value = next((v for k, v in parse_qsl(query) if k == "join"), None)
+    try:
+        return None if value is None else Join.parse(value)
+    except ValueError as e:
+        raise Refused(400, f"join: {e}") from None
 
 
 def origin_form(target: bytes) -> bytes:

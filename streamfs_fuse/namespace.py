@@ -38,7 +38,7 @@ import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
-from .stream import SharedLog, SlowReaderPolicy, Stream, StreamSettings, Writer
+from .stream import Join, SharedLog, SlowReaderPolicy, Stream, StreamSettings, Writer
 from .wait import Waiter
 
 if TYPE_CHECKING:
@@ -216,8 +216,9 @@ class Namespace:
     # -- opening streams -------------------------------------------------------
 
     async def open(self, node: Node, *, read: bool, write: bool,
-                   identity: Identity | None = None, waiter: Waiter | None = None) -> OpenStream:
-        """Open the stream at ``node`` to read (from its history on) and/or write.
+                   identity: Identity | None = None, waiter: Waiter | None = None,
+                   join: Join | None = None) -> OpenStream:
+        """Open the stream at ``node`` to read (its history as ``join`` says) and/or write.
 
         A handle that also writes reads lossily: its own read side must never
         hold back its own writes (see :attr:`~.reader.Reader.lossy`).
@@ -227,7 +228,7 @@ class Namespace:
         self.open_check(identity, node, read, write)
         stream = node.stream
         waiter = waiter or Waiter()
-        reader = await stream.join(waiter, lossy=write) if read else None
+        reader = await stream.join(waiter, lossy=write, join=join) if read else None
         writer = stream.open_writer(waiter) if write else None
         self.hold(node)
         return OpenStream(self, node, reader, writer)

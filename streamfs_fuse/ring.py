@@ -33,7 +33,8 @@ class RingBuffer:
     ``evicted`` is called with each shared chunk that leaves the ring.
     """
 
-    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_tail", "_tail_offset", "_evicted")
+    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_times", "_tail", "_tail_offset",
+                 "_tail_time", "_evicted")
 
     def __init__(self, capacity: int, evicted: Callable[[Chunk], None]) -> None:
         if capacity < 0:
@@ -42,11 +43,15 @@ class RingBuffer:
         self.nbytes = 0
         self.unit_size = max(1, min(UNIT_SIZE, capacity // 16))
         self._units: deque[Chunk] = deque()
+        #: When each unit was written (its first write): for a join some seconds back.
+        self._times: deque[float] = deque()
         self._tail = bytearray()
         self._tail_offset = 0
+        self._tail_time = 0.0
         self._evicted = evicted
 
-    def append(self, chunk: Chunk) -> None:
+    def append(self, chunk: Chunk, now: float = 0.0) -> None:
+        """Keep ``chunk``, written at time ``now`` (any clock that only goes forward)."""
         data = chunk.data
         size = len(data)
         if size > self.capacity:
@@ -58,6 +63,7 @@ class RingBuffer:
         if size < SMALL_CHUNK:
             if not self._tail:
                 self._tail_offset = chunk.offset
+                self._tail_time = now
             self._tail += data
             if len(self._tail) >= self.unit_size:
                 self._close_tail()
@@ -65,6 +71,7 @@ class RingBuffer:
             self._close_tail()
             chunk.in_ring = True
             self._units.append(chunk)
+            self._times.append(now)
 
     def history(self) -> list[Chunk]:
         """Everything the ring holds, oldest first, for a reader that opens now.
@@ -89,6 +96,7 @@ class RingBuffer:
             unit = Chunk(bytes(self._tail), self._tail_offset)
             unit.in_ring = True
             self._units.append(unit)
+            self._times.append(self._tail_time)
             self._tail.clear()
 
     def _evict_oldest(self) -> None:
@@ -97,9 +105,26 @@ class RingBuffer:
             self._tail.clear()
             return
         chunk = self._units.popleft()
+        self._times.popleft()
         self.nbytes -= len(chunk.data)
         chunk.in_ring = False
         self._evicted(chunk)
+
+    @property
+    def oldest_offset(self) -> int | None:
+        """Where the history starts in the stream; None when the ring is empty."""
+        if self._units:
+            return self._units[0].offset
+        return self._tail_offset if self._tail else None
+
+    def offset_since(self, moment: float) -> int | None:
+        """Where the oldest history written at or after ``moment`` starts; None if none was."""
+        found = self._tail_offset if self._tail and self._tail_time >= moment else None
+        for unit, written in zip(reversed(self._units), reversed(self._times)):
+            if written < moment:
+                break
+            found = unit.offset
+        return found
 
     def __len__(self) -> int:
         """Units held, the open one included."""
