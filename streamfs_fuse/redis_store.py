@@ -35,8 +35,9 @@ Keys, for namespace P (a hash tag keeps what one script touches in one slot):
 - ``{P:S}:N:cursors``: under the ``block`` policy, where each host following
   stream N has delivered it up to (``OFFSET:MS``, MS the Redis time it was
   renewed). Writes trim the log no further than the slowest, and wait
-  while it is more than the ring behind; a host that has not renewed its
-  cursor for :meth:`RedisStore.host_timeout` is taken out. A host takes
+  while it is more than the ring (or ``channel_buffer_size``, if larger)
+  behind; a host that has not renewed its cursor for
+  :attr:`RedisStore.host_timeout` is taken out. A host takes
   its own out when it stops following; the field is never made for a
   stream whose log is missing or ended, and expires with the log.
 
@@ -257,7 +258,8 @@ local oldest = tonumber(ARGV[1])
 if slowest >= 0 and slowest < oldest then oldest = slowest end
 redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', oldest))
 if slowest >= 0 then
-  local unread = redis.call('XRANGE', KEYS[1], string.format('%d-0', slowest), '+', 'COUNT', 1)[1]
+  local from = string.format('%d-0', slowest)
+  local unread = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1)[1]
   slowest = -1
   if unread and unread[2][1] == 'd' then
     slowest = tonumber(string.match(unread[1], '^(%d+)'))
