@@ -379,10 +379,11 @@ class StreamFS(pyfuse3.Operations):
         waiting at the end. So ``cat`` from offset 0 starts at the ring's
         oldest byte. A read at any other offset (after lseek, or pread) first
         moves the handle to that offset of the stream, within the ring; that is
-        how ``tail`` and ``head`` find lines near the end. The first read to
-        reach the live edge after the handle's first move is EOF, once, as on
-        a growing file: probers that seek near the end and read until EOF
-        (ffprobe; ffplay and mpv as they open) stop there (see Reader.seek).
+        how ``tail`` and ``head`` find lines near the end. Once moved, the
+        handle gets EOF at the live edge, as from a growing file, so probers
+        that seek near the end and read until EOF (ffprobe; ffplay and mpv as
+        they open) stop there; its next move after that EOF makes it wait at
+        the live edge again (see Reader.seek).
 
         An O_NONBLOCK handle gets EAGAIN when nothing is queued only once it
         has been polled. Event loops poll before they read; mpv and others open
