@@ -28,12 +28,13 @@ class ReaderDisconnected(Exception):
 class Edge(enum.IntEnum):
     """What a read does at the live edge, as the reader has moved (see :meth:`Reader.seek`)."""
 
-    #: Reading on from where it opened, or back to following after a probe: wait.
+    #: Never moved: wait, as ``cat`` does; a first seek makes it :attr:`EOF`.
     FOLLOW_FROM_OPEN = 0
+    #: Moved again after its EOF (a player going back to play): wait, for good.
     FOLLOW = 1
     #: Moved by a seek: EOF, as a growing regular file.
     EOF = 2
-    #: And was given that EOF: the next seek makes it follow.
+    #: And was given that EOF: still EOF there; the next seek makes it :attr:`FOLLOW`.
     GAVE_EOF = 3
 
 
