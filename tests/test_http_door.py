@@ -235,7 +235,7 @@ async def test_the_connection_is_kept_after_head_and_after_errors():
     pipelined = (b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"PUT /nodir/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
-                 b"GET /api/v1/handles/open HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /api/v1/plugins HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"GET http://example/ HTTP/1.1\r\nHost: x\r\n\r\n")
     reply = await exchange(door, pipelined, until=b"[")
     statuses = [int(code) for code in re.findall(rb"HTTP/1.1 (\d{3}) ", reply)]

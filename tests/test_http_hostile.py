@@ -470,11 +470,12 @@ def test_absolute_form_targets_are_accepted(mount_with):
     assert_up(mnt)
 
 
-def test_unknown_handle_routes_are_501(mount_with):
+def test_unimplemented_agfs_routes_are_501(mount_with):
+    """What AGFS has and this door does not: 501, so AGFS's clients use the plain calls."""
     mnt, port = http_mount(mount_with)
-    for method, target in [("GET", "/api/v1/handles/42"),
-                           ("POST", "/api/v1/handles/open?path=/streamfs/s"),
-                           ("DELETE", "/api/v1/handles/42")]:
+    for method, target in [("POST", "/api/v1/symlink?path=/streamfs/s"),
+                           ("GET", "/api/v1/readlink?path=/streamfs/s"),
+                           ("GET", "/api/v1/plugins")]:
         status, _, body = call(port, method, target)
         assert status == 501, (method, target, status, body)
         assert json.loads(body)["error"]
