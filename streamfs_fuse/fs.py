@@ -38,7 +38,7 @@ from .interrupts import SignalWatch
 from .logs import RepeatedLog
 from .reader import Reader, ReaderDisconnected
 from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, OpenStream, StreamFile
-from .stream import SlowReaderPolicy, StreamClosed, Writer
+from .stream import Join, SlowReaderPolicy, StreamClosed, Writer
 from .wait import Interrupted, Waiter
 
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
@@ -55,8 +55,8 @@ ATTR_TIMEOUT = 0.0
 ENTRY_TIMEOUT = 1.0
 
 XATTR_PREFIX = b"user.streamfs."
-#: The one extended attribute that can be set: a stream's slow-reader policy.
-SETTABLE_XATTRS = {b"user.streamfs.slow_reader"}
+#: The extended attributes that can be set, by the setting of the stream each changes.
+SETTABLE_XATTRS = {b"user.streamfs.slow_reader": "slow_reader", b"user.streamfs.join": "join"}
 
 
 @dataclass(eq=False, slots=True)
@@ -493,11 +493,12 @@ class StreamFS(pyfuse3.Operations):
         # The kernel has checked WRITE (as for any user.* xattr): the rest of
         # check_set_settings is the owner's, for which the uid is enough.
         check_owner(Identity(ctx.uid, frozenset({ctx.gid})), node)
+        parse = SlowReaderPolicy if SETTABLE_XATTRS[name] == "slow_reader" else Join.parse
         try:
-            policy = SlowReaderPolicy(value.decode().strip())
+            setting = parse(value.decode().strip())
         except (UnicodeDecodeError, ValueError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        await self.namespace.set_policy(node, policy)
+        await self.namespace.set_settings(node, **{SETTABLE_XATTRS[name]: setting})
 
     async def removexattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.ENOTSUP)

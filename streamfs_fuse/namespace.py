@@ -380,18 +380,21 @@ class Namespace:
                             "new_parent": new_parent.inode, "new_name": _text(new_name),
                             "replace": replace})
 
-    async def set_policy(self, node: Node, policy: SlowReaderPolicy, *,
-                         identity: Identity | None = None) -> None:
-        """Change a stream's slow-reader policy: an event, so a shared stream has one everywhere.
+    async def set_settings(self, node: Node, *, slow_reader: SlowReaderPolicy | None = None,
+                           join: Join | None = None, identity: Identity | None = None) -> None:
+        """Change a stream's slow-reader policy or where late joiners start.
 
-        The owner or root may, and only with WRITE (through FUSE it is an
-        extended attribute, whose WRITE the kernel checks).
+        An event, so a shared stream has one setting on every host. The owner
+        or root may, and only with WRITE (through FUSE these are extended
+        attributes, whose WRITE the kernel checks).
         """
         if not isinstance(node, StreamFile):
             raise fail(errno.ENOTSUP)
         if identity is not None:
             check_set_settings(identity, node)
-        await self._commit({"op": "settings", "node": node.inode, "slow_reader": policy.value})
+        await self._commit({"op": "settings", "node": node.inode,
+                            "slow_reader": None if slow_reader is None else slow_reader.value,
+                            "join": None if join is None else str(join)})
 
     async def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, atime_ns: int | None = None,
@@ -473,7 +476,10 @@ class Namespace:
     def _settings(self, node: Node, event: Event) -> None:
         if not isinstance(node, StreamFile):
             raise fail(errno.EINVAL)
-        node.stream.set_policy(SlowReaderPolicy(event["slow_reader"]))
+        if event.get("slow_reader") is not None:
+            node.stream.set_policy(SlowReaderPolicy(event["slow_reader"]))
+        if event.get("join") is not None:
+            node.stream.set_join(Join.parse(event["join"]))
         node.ctime_ns = self._now
 
     def _create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
@@ -627,10 +633,11 @@ class Namespace:
         while pending:
             directory = pending.pop()
             for node in directory.entries.values():
-                policy = node.stream.policy.value if isinstance(node, StreamFile) else None
+                settings = ([node.stream.policy.value, str(node.stream.settings.join)]
+                            if isinstance(node, StreamFile) else [None, None])
                 rows.append([node.inode, directory.inode, _text(node.name),
                              isinstance(node, Directory), node.mode, node.uid, node.gid,
-                             node.atime_ns, node.mtime_ns, node.ctime_ns, policy])
+                             node.atime_ns, node.mtime_ns, node.ctime_ns, *settings])
                 if isinstance(node, Directory):
                     pending.append(node)
         return rows
@@ -643,11 +650,15 @@ class Namespace:
     def restore(self, rows: list[list]) -> None:
         """Rebuild an empty tree from :meth:`snapshot` rows, with their inode numbers."""
         times = []
-        for inode, parent, name, is_dir, mode, uid, gid, atime, mtime, ctime, *policy in rows:
+        for inode, parent, name, is_dir, mode, uid, gid, atime, mtime, ctime, *settings in rows:
             kind = Directory if is_dir else StreamFile
             node = self._create(kind, self.directory(parent), _bytes(name), mode, uid, gid, inode)
-            if policy and policy[0] is not None:  # older snapshots have no policy
-                node.stream.set_policy(SlowReaderPolicy(policy[0]))
+            # Older snapshots have no policy, or no join.
+            policy, join = (settings + [None, None])[:2]
+            if policy is not None:
+                node.stream.set_policy(SlowReaderPolicy(policy))
+            if join is not None:
+                node.stream.set_join(Join.parse(join))
             times.append((node, atime, mtime, ctime))
         for node, atime, mtime, ctime in times:  # after linking children changed them
             node.atime_ns, node.mtime_ns, node.ctime_ns = atime, mtime, ctime

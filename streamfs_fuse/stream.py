@@ -278,6 +278,10 @@ class Stream:
         self.settings = replace(self.settings, slow_reader=policy)
         self.notify_writable()
 
+    def set_join(self, join: Join) -> None:
+        """Where readers that open from now on start (those open keep their place)."""
+        self.settings = replace(self.settings, join=join)
+
     def writable(self) -> bool:
         """Whether a write would be answered at once (or fail at once, once closed)."""
         if self.closed or self.log is not None or self.policy is not SlowReaderPolicy.BLOCK:

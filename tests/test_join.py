@@ -8,7 +8,9 @@ are decoded with ffmpeg.
 
 from __future__ import annotations
 
+import errno
 import http.client
+import os
 import random
 import shutil
 import subprocess
@@ -275,3 +277,22 @@ def test_keyframes_are_found_on_the_host_that_reads(ffmpeg, mount_with, redis_se
     joined, _ = late.communicate(timeout=30)
     assert joined[2 * PACKET:] == data[keyframes[-1]:]
     assert joined[:3] == b"\x47\x40\x00" and len(joined) == len(data) - keyframes[-1] + 2 * PACKET
+
+
+def test_join_per_stream_is_set_by_its_owner_as_an_xattr(mount_with):
+    """``setfattr -n user.streamfs.join``: readers that open afterwards start where it says."""
+    mnt = mount_with()
+    path = mnt / "s"
+    path.write_bytes(b"history ")
+    os.setxattr(path, "user.streamfs.join", b"live")
+    assert os.getxattr(path, "user.streamfs.join") == b"live"
+    with open(path, "rb", buffering=0) as late:  # registered once open() returns
+        with open(path, "ab", buffering=0) as writer:
+            writer.write(b"live")
+        assert late.read(100) == b"live"  # no history: it joined live
+    with pytest.raises(OSError) as refused:
+        os.setxattr(path, "user.streamfs.join", b"sometimes")
+    assert refused.value.errno == errno.EINVAL
+    os.setxattr(path, "user.streamfs.join", b"ring")
+    with open(path, "rb", buffering=0) as joiner:
+        assert joiner.read(100) == b"history live"
