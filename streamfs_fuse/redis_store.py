@@ -60,6 +60,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import json
 import logging
@@ -279,6 +280,28 @@ return {m[1] or '0', m[2] or '0', m[3] or '0', m[4] or '0', oldest,
 """
 
 
+class Script:
+    """A Lua script, run on the node of its keys alone: EVALSHA, or EVAL where that node
+    does not have it yet (EVAL keeps it there).
+
+    coredis's registered scripts load a missing script with SCRIPT LOAD on every
+    node of a cluster, so while one node was paused (or dead) the first run of a
+    script waited for it on every other node: a stream on a live master took 4 s
+    to end while another master was paused.
+    """
+
+    def __init__(self, client: coredis.Redis | coredis.RedisCluster, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list | tuple = ()):
+        try:
+            return await self.client.evalsha(self.sha, keys=keys, args=args)
+        except coredis.exceptions.NoScriptError:
+            return await self.client.eval(self.source, keys=keys, args=args)
+
+
 class BackendError(Exception):
     """The backend cannot be used; the message says why, for the user."""
 
@@ -305,15 +328,21 @@ def connect(settings: BackendSettings) -> coredis.Redis | coredis.RedisCluster:
             kwargs["username"] = parts.username
         if parts.password and not password:
             kwargs["password"] = parts.password
+        # Only a refusal that says nothing was done (CLUSTERDOWN) is tried again
+        # inside coredis: a write whose connection failed is settled by
+        # RedisStore._write, never sent again blindly (a tree event sent twice
+        # is applied twice). Failing commands still make coredis look for a new
+        # master, which _write's own attempts then reach.
+        retry = coredis.retry.ConstantRetryPolicy(
+            (coredis.exceptions.ClusterDownError,), retries=2, delay=0.1)
         return coredis.RedisCluster(startup_nodes=nodes, ssl=parts.scheme == "rediss+cluster",
                                     max_connections=NODE_CONNECTIONS,
-                                    max_connections_per_node=True, **kwargs)
+                                    max_connections_per_node=True, retry_policy=retry, **kwargs)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise BackendError(f"{url}: the backend must be a redis://, rediss://, unix:// or"
                            " redis+cluster:// URL")
     # No retries inside coredis, so that a follower sees each lost connection
     # (commands are retried by RedisStore._call, as long as the user allows).
-    # A cluster client keeps its own: it finds a failed-over master through them.
     return coredis.Redis.from_url(url, retry_policy=coredis.retry.NoRetryPolicy(), **kwargs)
 
 
@@ -389,16 +418,16 @@ class RedisStore:
         self._ends_pending = 0
         self._ends_done = trio.Event()
         self._ends_done.set()
-        self._end = self.client.register_script(END)
-        self._totals = self.client.register_script(TOTALS)
-        self._snapshot = self.client.register_script(SNAPSHOT)
-        self._create = self.client.register_script(CREATE)
-        self._count = self.client.register_script(COUNT)
-        self._settle_append = self.client.register_script(SETTLE_APPEND)
-        self._settle_event = self.client.register_script(SETTLE_EVENT)
-        self._ring_bell = self.client.register_script(RING)
-        self._cursor = self.client.register_script(CURSOR)
-        self._trim = self.client.register_script(TRIM)
+        self._end = Script(self.client, END)
+        self._totals = Script(self.client, TOTALS)
+        self._snapshot = Script(self.client, SNAPSHOT)
+        self._create = Script(self.client, CREATE)
+        self._count = Script(self.client, COUNT)
+        self._settle_append = Script(self.client, SETTLE_APPEND)
+        self._settle_event = Script(self.client, SETTLE_EVENT)
+        self._ring_bell = Script(self.client, RING)
+        self._cursor = Script(self.client, CURSOR)
+        self._trim = Script(self.client, TRIM)
         # Followed logs whose cursor is due to be sent (or taken out).
         self._cursors: dict[RedisLog, None] = {}
         self._cursors_due = trio.Event()
@@ -433,11 +462,22 @@ class RedisStore:
                 try:
                     return await command(*args, **kwargs)
                 except UNREACHABLE as e:
-                    log.debug("redis: %s; trying again", describe(e))
+                    self._unreachable(e)
                 await trio.sleep(RECONNECT_DELAY)
         log.error("redis at %s did not answer for %g s (%s)", shown(self.settings.url),
                   self.settings.timeout, self.pool_view())
         raise fail(errno.EIO)
+
+    def _unreachable(self, error: BaseException) -> None:
+        """A command found Redis unreachable: it will be tried again.
+
+        A cluster client is told, so that it looks for a new master after a
+        failover (its own retries, which did so, are off: they resend writes).
+        """
+        log.debug("redis: %s; trying again", describe(error))
+        layout = getattr(self.client.connection_pool, "cluster_layout", None)
+        if layout is not None and isinstance(error, coredis.exceptions.RedisError):
+            layout.report_errors(None, error)
 
     def pool_view(self) -> str:
         """coredis's connections as it sees them, for the log when Redis seems not to answer:
@@ -479,7 +519,7 @@ class RedisStore:
                         return
                     unanswered = False
                 except UNREACHABLE as e:
-                    log.debug("redis: %s; trying again", describe(e))
+                    self._unreachable(e)
                     await trio.sleep(RECONNECT_DELAY)
         log.error("redis at %s did not answer for %g s (%s)", shown(self.settings.url), timeout,
                   self.pool_view())
@@ -508,7 +548,7 @@ class RedisStore:
                 await step()
                 continue
             except UNREACHABLE as e:
-                log.debug("redis: %s; reconnecting", describe(e))
+                self._unreachable(e)
             # Back only once the epoch is checked: reading on from the last
             # entry of a Redis that restarted empty would wait forever.
             while True:
@@ -920,6 +960,10 @@ class RedisLog:
             except coredis.exceptions.ResponseError as e:
                 if not refused(e):
                     raise
+                # Refused: another host got there first, or this very append
+                # did, sent again after its answer was lost.
+                if await store._settle_append(keys=[self.key], args=[entry, token]):
+                    return True
                 self.end_offset = None
                 return False
             if added is None:
