@@ -20,7 +20,8 @@ def test_quick_benchmark_runs_every_workload(tmp_path):
                 "throughput_128 KiB_pipe", "fanout_4", "fanout_4_tee", "latency_1_pipe",
                 "latency_1", "memory_idle_readers", "flood_no_stalled", "flood_stalled",
                 "idle_cpu", "drop_policy", "http_1", "http_4", "http_latency_16", "scale",
-                "http_stalled", "http_idle_readers"}
+                "http_stalled", "http_idle_readers", "join_late", "join_index_throughput_1 MiB",
+                "join_index_throughput_1 MiB_pipe", "join_index_cpu_ts", "join_index_cpu_nonts"}
     assert expected <= set(document["results"])
     assert len(document["table"]) >= 13
     left = [line for line in Path("/proc/mounts").read_text().splitlines()
