@@ -212,7 +212,15 @@ class Reader:
             return 0
         size = len(chunk.data)
         self._took(size)
-        self._done(chunk)
+        # Not _done(): the chunks given out and the one part-way read leave the
+        # queue after this one, and _done counts history in queue order.
+        ahead = len(self._sent or ()) + (self._current is not None)
+        if self._history > ahead:
+            self._history -= 1
+        else:
+            self.backlog -= chunk.footprint
+        self._unref(chunk)
+        self._made_room()
         return size
 
     def seek(self, offset: int) -> None:
