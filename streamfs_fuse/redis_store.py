@@ -1236,9 +1236,13 @@ class Shard:
             if idle_only and log_.last != log_.last_seen:
                 log_.last_seen = log_.last
                 continue
+            last = log_.last
             newest = await self.store.client.xrevrange(log_.key, "+", "-", count=1)
             end = newest[0].identifier.decode() if newest else "0-0"
-            if log_.last is not None and entry_key(end) < entry_key(log_.last):
+            # Only if nothing came meanwhile: an end read before an entry the
+            # follower has since delivered is not a loss (taking it for one
+            # delivered that entry twice, after a CLIENT PAUSE).
+            if last is not None and log_.last == last and entry_key(end) < entry_key(last):
                 log.warning("stream %r: Redis lost the chunks after offset %d (a failover?);"
                             " going on from there", log_.stream.name, offset_of(end))
                 log_.last = end
