@@ -36,12 +36,16 @@ class MemoryBudget:
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.used = 0
+        #: The most ``used`` has been since someone last set it back (see mount._trim_heap).
+        self.peak = 0
         self.readers: set[Reader] = set()
         #: Streams with block writes waiting for memory to be freed.
         self.cap_waiters: set[Stream] = set()
 
     def hold(self, footprint: int) -> None:
         self.used += footprint
+        if self.used > self.peak:
+            self.peak = self.used
 
     def release(self, footprint: int) -> None:
         self.used -= footprint
