@@ -80,7 +80,8 @@ class Reader:
     __slots__ = (
         "stream", "id", "capacity", "waiter", "lossy", "pending", "backlog", "dropped_chunks",
         "dropped_bytes", "disconnected", "ended", "waiting", "totals", "next_offset",
-        "_history", "_send", "_receive", "_current", "_view", "_offset", "_sent", "_room",
+        "_history", "_history_begun", "_send", "_receive", "_current", "_view", "_offset",
+        "_sent", "_room",
         "_arrival", "_on_readable", "_edge",
     )
 
@@ -106,6 +107,9 @@ class Reader:
         #: last chunk queued, or where it last sought to.
         self.next_offset = 0
         self._history = 0
+        # Whether any of the history has left the queue by a read: from then
+        # on no more of it may be dropped, or it would have a hole.
+        self._history_begun = False
         # Infinite in items: the bound is in bytes and kept by has_room().
         self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
         # The chunk being served across several reads, and how far into it.
@@ -205,17 +209,25 @@ class Reader:
         """Discard the oldest whole chunk not yet being read; return its payload size.
 
         A chunk already partly read is never dropped: the reader gets it whole.
+        History is dropped only from its start: once the reader has begun it
+        (read some, or is part-way through a chunk of it), a drop would leave a
+        hole in it, so nothing is dropped until the history is read (0).
         """
+        # The chunks given out and the one part-way read are older than the
+        # next one, which is history if the history count reaches past them.
+        ahead = len(self._sent or ()) + (self._current is not None)
+        history = self._history > ahead
+        if history and (ahead or self._history_begun):
+            return 0
         try:
             chunk = self._receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return 0
         size = len(chunk.data)
         self._took(size)
-        # Not _done(): the chunks given out and the one part-way read leave the
-        # queue after this one, and _done counts history in queue order.
-        ahead = len(self._sent or ()) + (self._current is not None)
-        if self._history > ahead:
+        # Not _done(), which counts history in queue order: this one leaves
+        # the queue before the chunks ahead of it.
+        if history:
             self._history -= 1
         else:
             self.backlog -= chunk.footprint
@@ -244,6 +256,7 @@ class Reader:
         elif self._edge is Edge.GAVE_EOF:
             self._edge = Edge.FOLLOW
         self._discard_queue()
+        self._history_begun = False
         self.next_offset = offset
         if self.disconnected:
             return
@@ -401,9 +414,10 @@ class Reader:
         return piece
 
     def _done(self, chunk: Chunk) -> None:
-        """``chunk`` left the queue: read to its end, dropped or discarded."""
+        """``chunk`` left the queue in order: read to its end, or discarded."""
         if self._history:
             self._history -= 1
+            self._history_begun = True
         else:
             self.backlog -= chunk.footprint
         self._unref(chunk)

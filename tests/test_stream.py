@@ -996,3 +996,21 @@ async def test_a_chunk_dropped_behind_one_part_read_is_counted_as_what_it_was():
     assert reader.dropped_chunks == 1 and reader.backlog == 0
     assert await reader.read(100) == b"hhhhh"
     assert reader.backlog == 0 and budget.used == 0
+
+
+async def test_the_cap_never_leaves_a_hole_in_a_readers_history():
+    """History is lost only from its start: once a reader has begun it, shedding waits
+    (found by the model test: the chunk after the one being read was shed)."""
+    budget = MemoryBudget(500)
+    stream = Stream("/s", StreamSettings(0, 4096, DROP, 500), budget)
+    writer = stream.open_writer()
+    await writer.write(b"a" * 3896)
+    await writer.write(b"b")
+    reader = stream.open_reader()
+    assert await reader.read(1) == b"a"  # part-way through the history
+    await writer.write(b"c" * 19)
+    await writer.write(b"d" * 3000)  # pushes history out of the ring: over the cap
+    data = b"a"
+    while len(data) < 3896 + 1:
+        data += bytes(await reader.read(1 << 20, nonblocking=True))
+    assert data.startswith(b"a" * 3896 + b"b")  # the history whole, whatever else was shed
