@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
 from .access import NOBODY, Access, Identity, may
@@ -124,6 +125,8 @@ class Scrape:
     max_connections: int
     responses: dict[int, int]
     fuse_requests: dict[str, int] | None
+    #: With --backend: (upper bounds, cumulative counts, count, sum) of Redis calls, seconds.
+    redis_round_trips: tuple | None = None
 
 
 class ScrapeCollector(Collector):
@@ -168,6 +171,14 @@ class ScrapeCollector(Collector):
         for status, count in sorted(s.responses.items()):
             answers.add_metric([str(status)], count)
         yield answers
+        if s.redis_round_trips is not None:
+            bounds, counts, count, total = s.redis_round_trips
+            yield HistogramMetricFamily(
+                "streamfs_redis_round_trip_seconds",
+                "how long this host's calls to Redis took (not the blocking reads)",
+                buckets=[*((f"{bound:g}", n) for bound, n in zip(bounds, counts)),
+                         ("+Inf", count)],
+                sum_value=total)
         if s.fuse_requests is not None:
             requests = CounterMetricFamily("streamfs_fuse_requests", "FUSE requests by operation",
                                            labels=["operation"])
@@ -264,7 +275,16 @@ class MetricsRoutes:
             max_connections=door.max_connections if door else 0,
             responses=dict(door.responses) if door else {},
             fuse_requests=None if self.fuse_requests is None else dict(self.fuse_requests),
+            redis_round_trips=round_trips_of(namespace.store),
         )
+
+
+def round_trips_of(store) -> tuple | None:
+    """A shared store's histogram of Redis calls, copied, or None without a backend."""
+    trips = getattr(store, "round_trips", None)
+    if trips is None:
+        return None
+    return trips.BOUNDS, list(trips.counts), trips.count, trips.sum
 
 
 #: The FUSE requests counted by operation: every pyfuse3 handler StreamFS may get.

@@ -147,3 +147,25 @@ def test_totals_only_past_the_limit_or_when_asked(mount_with, tmp_path):
     samples = scrape(other_port)
     assert not [name for name, _ in samples if name.startswith("streamfs_stream_")]
     assert samples[("streamfs_written_bytes_total", ())] == 1
+
+
+def test_redis_round_trips_are_a_histogram_with_a_backend(mount_with, tmp_path, redis_server):
+    mnt, port = serve(mount_with, tmp_path, f"--backend={redis_server.url}")
+    before = scrape(port)
+    count = before[("streamfs_redis_round_trip_seconds_count", ())]
+    (mnt / "s").touch()  # a tree event
+    with open(mnt / "s", "ab", buffering=0) as writer:
+        for _ in range(5):
+            writer.write(b"x" * 100)  # an append each
+    after = scrape(port)
+    assert after[("streamfs_redis_round_trip_seconds_count", ())] >= count + 6
+    assert after[("streamfs_redis_round_trip_seconds_sum", ())] > 0
+    buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in after.items()
+                     if name == "streamfs_redis_round_trip_seconds_bucket")
+    assert [value for _, value in buckets] == sorted(value for _, value in buckets)
+    assert buckets[-1] == (float("inf"), after[("streamfs_redis_round_trip_seconds_count", ())])
+
+
+def test_no_redis_histogram_without_a_backend(mount_with, tmp_path):
+    _, port = serve(mount_with, tmp_path)
+    assert not any(name.startswith("streamfs_redis") for name, _ in scrape(port))
