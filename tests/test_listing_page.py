@@ -109,8 +109,11 @@ def test_the_listing_updates_live_in_chromium(mount_with, browser, tmp_path):
     mnt.spawn(["sh", "-c", f"while :; do head -c 65536 /dev/zero; sleep 0.02; done > {front}"])
     until(lambda: front.exists(), what="the writer")
 
-    page = browser(f"http://127.0.0.1:{port}/cams/")
-    until(lambda: page.evaluate("document.readyState") == "complete", what="the page")
+    url = f"http://127.0.0.1:{port}/cams/"
+    page = browser(url)
+    # The blank page chromium starts on is "complete" too: wait for ours.
+    until(lambda: page.evaluate(f"location.href === {json.dumps(url)} && "
+                                "document.readyState === 'complete'") is True, what="the page")
     page.evaluate("window.notReloaded = true")
 
     def rows():
