@@ -9,7 +9,7 @@ import sys
 import textwrap
 from typing import Any
 
-from .config import (SETTINGS, ConfigError, MountConfig, check_backend, check_http,
+from .settings import (SETTINGS, ConfigError, MountConfig, check_backend, check_http,
                      load_config_file, parse_mount_options, sections_from, show)
 from .mount import MountError, mount
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> MountConfig:
+def config_from_args(args: argparse.Tree) -> MountConfig:
     # Parsed values by setting name; later sources override earlier ones.
     values: dict[str, Any] = {}
     if args.config:

@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from . import fuse_intake
-from .access import Identity
-from .agfs import AGFSRoutes
-from .config import (BackendSettings, HTTPSettings, MountConfig, is_loopback,
+from .fuse import intake as fuse_intake
+from .core.access import Identity
+from .http.agfs import AGFSRoutes
+from .settings import (BackendSettings, HTTPSettings, MountConfig, is_loopback,
                      token_in_the_clear)
-from .fs import StreamFS
-from .http import HTTPDoor
+from .fuse.operations import StreamFS
+from .http.door import HTTPDoor
 from .logs import INTERVAL, RepeatedLog
-from .namespace import Namespace
+from .core.tree import Tree
 
 if TYPE_CHECKING:
-    from .redis_store import RedisStore
+    from .stores.redis.store import RedisStore
 
 __all__ = ["MountError", "mount", "is_mounted"]
 
@@ -88,9 +88,9 @@ def mount(config: MountConfig) -> int:
     raise_file_limit()
     keep_request_buffers_off_the_heap()
     store = shared_store(config.backend)
-    namespace = Namespace(config.settings, os.getuid(), os.getgid())
-    fs = StreamFS(namespace)
-    door = http_door(config.http, namespace, fs)
+    tree = Tree(config.settings, os.getuid(), os.getgid())
+    fs = StreamFS(tree)
+    door = http_door(config.http, tree, fs)
     options = fuse_options(config)
     if config.foreground:
         setup_logging(config, background=False)
@@ -105,7 +105,7 @@ def shared_store(backend: BackendSettings) -> RedisStore | None:
         return None
     # Imported here: coredis takes 0.6 s to import, which a mount without
     # a backend should not pay.
-    from .redis_store import BackendError, RedisStore, check_backend
+    from .stores.redis.store import BackendError, RedisStore, check_backend
     try:
         check_backend(backend)
         return RedisStore(backend)
@@ -113,7 +113,7 @@ def shared_store(backend: BackendSettings) -> RedisStore | None:
         raise MountError(str(e)) from None
 
 
-def http_door(settings: HTTPSettings, namespace: Namespace,
+def http_door(settings: HTTPSettings, tree: Tree,
               fs: StreamFS | None = None) -> HTTPDoor | None:
     """The HTTP door, if asked for, once its addresses are known to be free.
 
@@ -139,8 +139,8 @@ def http_door(settings: HTTPSettings, namespace: Namespace,
               "--http-require-tls to refuse this)", file=sys.stderr)
     # Imported here: prometheus_client takes 50 ms to import, which a mount
     # without HTTP should not pay.
-    from .metrics import MetricsRoutes, count_fuse_requests
-    routes = MetricsRoutes(AGFSRoutes(namespace, settings), namespace, None, settings)
+    from .http.metrics import MetricsRoutes, count_fuse_requests
+    routes = MetricsRoutes(AGFSRoutes(tree, settings), tree, None, settings)
     if fs is not None:
         routes.fuse_requests = count_fuse_requests(fs)
     door = HTTPDoor(routes, settings, token=token, token_owner=owner, anonymous=anonymous,
@@ -310,12 +310,12 @@ async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
     async with trio.open_nursery() as nursery:
         if store is not None:
             # The shared tree is loaded before the first request is answered.
-            await nursery.start(store.run, fs.namespace)
+            await nursery.start(store.run, fs.tree)
         nursery.start_soon(_stop_on_signal, fs, door)
         nursery.start_soon(keep_running, "the unmount watcher", _watch_unmount, fs, mountpoint)
         nursery.start_soon(keep_running, "the signal watcher", fs.signals.run)
         nursery.start_soon(_flush_logs)
-        nursery.start_soon(keep_running, "the heap trimmer", _trim_heap, fs.namespace)
+        nursery.start_soon(keep_running, "the heap trimmer", _trim_heap, fs.tree)
         if door is not None:
             await nursery.start(door.serve)
         fuse_intake.install()
@@ -367,14 +367,15 @@ async def keep_running(what: str, function, *args) -> None:
 
 async def _flush_logs() -> None:
     """Report the repeats of rate-limited messages once their interval is over."""
-    from . import fs, http
+    from .fuse import operations
+    from .http import door
     while True:
         await trio.sleep(INTERVAL)
-        for repeated in (failures, http.failures, fs.failures):
+        for repeated in (failures, door.failures, operations.failures):
             repeated.flush()
 
 
-async def _trim_heap(namespace: Namespace) -> None:
+async def _trim_heap(tree: Tree) -> None:
     """Give the kernel back the heap that a burst of held data left free.
 
     glibc returns only the free top of its heap, so after 1,000 stalled HTTP
@@ -387,7 +388,7 @@ async def _trim_heap(namespace: Namespace) -> None:
         malloc_trim = ctypes.CDLL(None).malloc_trim
     except AttributeError:
         return  # not glibc
-    budget = namespace.budget
+    budget = tree.budget
     while True:
         await trio.sleep(TRIM_INTERVAL)
         if budget.peak - budget.used >= TRIM_AFTER_FREEING:

@@ -24,12 +24,12 @@ from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
 from conftest import accepts, free_port, wait_parked, wait_until, xattr
-from streamfs_fuse.access import ROOT
-from streamfs_fuse.agfs import AGFSRoutes
-from streamfs_fuse.config import HTTPSettings
-from streamfs_fuse.http import HTTPDoor
-from streamfs_fuse.namespace import Namespace
-from streamfs_fuse.stream import StreamSettings
+from streamfs_fuse.core.access import ROOT
+from streamfs_fuse.http.agfs import AGFSRoutes
+from streamfs_fuse.settings import HTTPSettings
+from streamfs_fuse.http.door import HTTPDoor
+from streamfs_fuse.core.tree import Tree
+from streamfs_fuse.settings import StreamSettings
 from test_http import TOKEN, write_token
 
 #: agfs-fuse, AGFS's FUSE client (Go), when built (docs/agfs-anchor-run.md says how).
@@ -241,9 +241,9 @@ def test_native_routes_are_unchanged(door):
 
 
 async def test_the_agfs_mount_path_is_a_constructor_argument():
-    namespace = Namespace(StreamSettings(), os.getuid(), os.getgid())
+    tree = Tree(StreamSettings(), os.getuid(), os.getgid())
     settings = HTTPSettings(addresses=(("127.0.0.1", 0),), agfs_path="/data/streams")
-    door = HTTPDoor(AGFSRoutes(namespace, settings), settings, token=TOKEN.encode(),
+    door = HTTPDoor(AGFSRoutes(tree, settings), settings, token=TOKEN.encode(),
                     token_owner=ROOT)
     async with trio.open_nursery() as nursery:
         [listener, *_] = await nursery.start(door.serve)
@@ -264,7 +264,7 @@ async def test_the_agfs_mount_path_is_a_constructor_argument():
                 client.session.close()
 
         await trio.to_thread.run_sync(drive)
-        assert namespace.child(namespace.root, b"s").stream.bytes_written == 3
+        assert tree.child(tree.root, b"s").stream.bytes_written == 3
         nursery.cancel_scope.cancel()
 
 
@@ -477,8 +477,8 @@ def run_door(routes: AGFSRoutes, drive) -> None:
 
 
 def test_handles_have_a_wait_bound_a_limit_and_go_when_the_daemon_stops():
-    namespace = Namespace(StreamSettings(), os.getuid(), os.getgid())
-    routes = AGFSRoutes(namespace, HTTPSettings())
+    tree = Tree(StreamSettings(), os.getuid(), os.getgid())
+    routes = AGFSRoutes(tree, HTTPSettings())
     routes.handles.read_wait = 0.2
     routes.handles.limit = 2
 
@@ -497,7 +497,7 @@ def test_handles_have_a_wait_bound_a_limit_and_go_when_the_daemon_stops():
             client.session.close()
 
     run_door(routes, drive)
-    stream = namespace.child(namespace.root, b"s").stream
+    stream = tree.child(tree.root, b"s").stream
     assert stream.statistics().readers == 0 and len(routes.handles) == 0
 
 def test_chmod_as_through_the_mount(door):

@@ -3,10 +3,11 @@
 import gc
 import tracemalloc
 
-from streamfs_fuse.budget import MemoryBudget
-from streamfs_fuse.chunk import CHUNK_OVERHEAD, Chunk
-from streamfs_fuse.stream import SlowReaderPolicy, Stream, StreamSettings
-from streamfs_fuse.wait import Waiter
+from streamfs_fuse.core.budget import MemoryBudget
+from streamfs_fuse.core.chunk import CHUNK_OVERHEAD, Chunk
+from streamfs_fuse.core.stream import Stream
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.core.wait import Waiter
 
 COUNT = 100_000
 

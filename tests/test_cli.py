@@ -11,10 +11,10 @@ import pytest
 
 from conftest import as_user, require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
-from streamfs_fuse.config import (SECTIONS, SETTINGS, BackendSettings, ConfigError, HTTPSettings,
+from streamfs_fuse.settings import (SECTIONS, SETTINGS, BackendSettings, ConfigError, HTTPSettings,
                                   MountConfig)
 from streamfs_fuse.mount import is_mounted
-from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
 
 CLI = [sys.executable, "-m", "streamfs_fuse"]
 
@@ -598,7 +598,7 @@ def test_agfs_path_comes_from_the_toml_plugin_path(tmp_path):
 def test_the_settings_load_no_door_and_no_store():
     """config.py declares every setting with no dependency on FUSE, HTTP or Redis."""
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, streamfs_fuse.config; print(sorted({m.split('.')[0] "
+        [sys.executable, "-c", "import sys, streamfs_fuse.settings; print(sorted({m.split('.')[0] "
          "for m in sys.modules} & {'h11', 'coredis', 'pyfuse3', 'prometheus_client'}))"],
         capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

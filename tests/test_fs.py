@@ -16,9 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from streamfs_fuse.fs import READER_DISCONNECTED_ERRNO, StreamFS, failures
-from streamfs_fuse.namespace import Namespace
-from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.fuse.operations import READER_DISCONNECTED_ERRNO, StreamFS, failures
+from streamfs_fuse.core.tree import Tree
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -29,7 +29,7 @@ def ctx(uid=None, pid=None):
 
 
 def make_fs(**settings):
-    return StreamFS(Namespace(StreamSettings(**settings), os.getuid(), os.getgid()))
+    return StreamFS(Tree(StreamSettings(**settings), os.getuid(), os.getgid()))
 
 
 async def create(fs, name, flags=os.O_WRONLY, parent=ROOT):
@@ -211,9 +211,9 @@ async def test_an_unlinked_node_lives_until_forgotten_and_released():
     await fs.unlink(ROOT, b"live", ctx())
     assert (await fs.getattr(inode, ctx())).st_nlink == 0
     await fs.release(wfh)
-    assert inode in fs.namespace.nodes
+    assert inode in fs.tree.nodes
     await fs.forget([(inode, 1)])
-    assert inode not in fs.namespace.nodes
+    assert inode not in fs.tree.nodes
 
 
 async def test_readdir_lists_entries_once_each(monkeypatch):
@@ -255,7 +255,7 @@ async def test_an_unexpected_failure_is_eio_and_logged_once_a_minute(caplog):
     def broken(node):
         raise RuntimeError("a bug")
 
-    fs._attributes = fs.namespace.release = broken
+    fs._attributes = fs.tree.release = broken
     for _ in range(3):
         with pytest.raises(pyfuse3.FUSEError) as raised:
             await fs.getattr(inode, ctx())
@@ -271,5 +271,5 @@ async def test_an_unexpected_failure_is_eio_and_logged_once_a_minute(caplog):
     failures.flush()
     assert "2 more like this in 60 s: getattr failed (answered EIO) (RuntimeError)" in [
         r.getMessage() for r in caplog.records]
-    del fs._attributes, fs.namespace.release
+    del fs._attributes, fs.tree.release
     assert (await fs.getattr(inode, ctx())).st_ino == inode

@@ -5,7 +5,7 @@ import os
 import trio
 import trio.testing
 
-from streamfs_fuse.fuse_intake import YIELD_EVERY, ReadLock, Readiness
+from streamfs_fuse.fuse.intake import YIELD_EVERY, ReadLock, Readiness
 
 
 async def test_the_read_lock_admits_one_at_a_time_and_every_waiter_gets_it():

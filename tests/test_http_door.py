@@ -10,23 +10,23 @@ import re
 import trio
 import trio.testing
 
-from streamfs_fuse.access import NOBODY, ROOT, Identity
-from streamfs_fuse.agfs import AGFSRoutes
-from streamfs_fuse.config import HTTPSettings
-from streamfs_fuse.http import HEAD_TIMEOUT, UPLOAD_PIECE, HTTPDoor, send_vectored
-from streamfs_fuse.namespace import Directory, Namespace, StreamFile
-from streamfs_fuse.stream import StreamSettings
+from streamfs_fuse.core.access import NOBODY, ROOT, Identity
+from streamfs_fuse.http.agfs import AGFSRoutes
+from streamfs_fuse.settings import HTTPSettings
+from streamfs_fuse.http.door import HEAD_TIMEOUT, UPLOAD_PIECE, HTTPDoor, send_vectored
+from streamfs_fuse.core.tree import StreamFile, Tree
+from streamfs_fuse.settings import StreamSettings
 
 #: The token's owner in these tests.
 OWNER = Identity(1000, frozenset({1000}))
 
 
 def make_door(stream_settings=StreamSettings(), **settings):
-    namespace = Namespace(stream_settings, 0, 0)
+    tree = Tree(stream_settings, 0, 0)
     settings = HTTPSettings(addresses=(("127.0.0.1", 0),), **settings)
-    door = HTTPDoor(AGFSRoutes(namespace, settings), settings,
+    door = HTTPDoor(AGFSRoutes(tree, settings), settings,
                     token=b"sesame" if settings.token_file else None, token_owner=OWNER)
-    return namespace, door
+    return tree, door
 
 
 async def exchange(door, request: bytes, *, until=b"0\r\n\r\n", peer=ROOT) -> bytes:
@@ -50,11 +50,11 @@ def status(reply: bytes) -> int:
 
 
 async def test_put_then_get_gives_history_then_live_data_until_rm():
-    namespace, door = make_door()
+    tree, door = make_door()
     reply = await exchange(door, b"PUT /live HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
                            until=b"}")
     assert status(reply) == 201 and json.loads(reply.split(b"\r\n\r\n", 1)[1])["written"] == 5
-    stream = namespace.child(namespace.root, b"live").stream
+    stream = tree.child(tree.root, b"live").stream
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(door.connection, server, ROOT)
@@ -62,7 +62,7 @@ async def test_put_then_get_gives_history_then_live_data_until_rm():
         await trio.testing.wait_all_tasks_blocked()
         assert stream.statistics().readers == 1
         await stream.open_writer().write(b" world")
-        await namespace.unlink(namespace.root, b"live")
+        await tree.unlink(tree.root, b"live")
         reply = b""
         while not reply.endswith(b"0\r\n\r\n"):
             reply += await client.receive_some(65536)
@@ -74,8 +74,8 @@ async def test_put_then_get_gives_history_then_live_data_until_rm():
 
 
 async def test_a_client_that_goes_away_releases_its_reader_at_once():
-    namespace, door = make_door()
-    node = await namespace.create(StreamFile, namespace.root, b"idle", 0o644, 0, 0)
+    tree, door = make_door()
+    node = await tree.create(StreamFile, tree.root, b"idle", 0o644, 0, 0)
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(door.connection, server, ROOT)
@@ -87,8 +87,8 @@ async def test_a_client_that_goes_away_releases_its_reader_at_once():
 
 
 async def test_bad_requests_get_a_status_and_a_json_error():
-    namespace, door = make_door()
-    await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    tree, door = make_door()
+    await tree.create(StreamFile, tree.root, b"s", 0o644, 0, 0)
     cases = [
         (b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /../x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
@@ -123,9 +123,9 @@ def body_of(reply: bytes) -> bytes:
 
 
 async def test_who_a_request_acts_as_token_owner_unix_peer_or_nobody():
-    namespace, door = make_door(token_file="unused")
-    private = await namespace.create(StreamFile, namespace.root, b"private", 0o600, 1000, 1000)
-    await namespace.create(StreamFile, namespace.root, b"public", 0o644, 0, 0)
+    tree, door = make_door(token_file="unused")
+    private = await tree.create(StreamFile, tree.root, b"private", 0o600, 1000, 1000)
+    await tree.create(StreamFile, tree.root, b"public", 0o644, 0, 0)
     await private.stream.open_writer().write(b"secret")
     get = b"GET /private HTTP/1.1\r\nHost: x\r\n%s\r\n"
     # Over TCP (no peer credentials) and without a token: nobody, the "other" bits.
@@ -134,7 +134,7 @@ async def test_who_a_request_acts_as_token_owner_unix_peer_or_nobody():
                                  until=b"\r\n\r\n", peer=None)) == 200
     put = b"PUT /new HTTP/1.1\r\nHost: x\r\n%sContent-Length: 1\r\n\r\nx"
     assert status(await exchange(door, put % b"", until=b"}", peer=None)) == 403
-    assert b"new" not in namespace.root.entries
+    assert b"new" not in tree.root.entries
     # A wrong token is refused outright; the right one, with any case of "Bearer",
     # acts as the token file's owner.
     assert status(await exchange(door, get % b"Authorization: Bearer nope\r\n", until=b"}",
@@ -148,18 +148,18 @@ async def test_who_a_request_acts_as_token_owner_unix_peer_or_nobody():
 
 
 async def test_read_only_refuses_writes_and_removals():
-    namespace, door = make_door(read_only=True)
-    await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    tree, door = make_door(read_only=True)
+    await tree.create(StreamFile, tree.root, b"s", 0o644, 0, 0)
     for request in (b"DELETE /s HTTP/1.1\r\nHost: x\r\n\r\n",
                     b"PUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
                     b"PUT /api/v1/files?path=/streamfs/s HTTP/1.1\r\nHost: x\r\n"
                     b"Content-Length: 1\r\n\r\nx"):
         assert status(await exchange(door, request, until=b"}")) == 403, request
-    assert namespace.child(namespace.root, b"s").stream.size == 0
+    assert tree.child(tree.root, b"s").stream.size == 0
 
 
 async def test_one_http_chunk_is_one_stream_chunk():
-    namespace, door = make_door()
+    tree, door = make_door()
     chunks = [b"a" * 10, b"b" * 70_000, b"c" * 3]
     body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
     client, server = trio.testing.memory_stream_pair()
@@ -174,23 +174,23 @@ async def test_one_http_chunk_is_one_stream_chunk():
         while b"}" not in reply:
             reply += await client.receive_some(65536)
         await client.aclose()
-    stream = namespace.child(namespace.root, b"rec").stream
+    stream = tree.child(tree.root, b"rec").stream
     assert status(reply) == 201
     assert [bytes(c.data) for c in stream.ring.history()] == chunks
 
 
 async def test_a_content_length_body_goes_in_pieces_of_a_stated_size():
-    namespace, door = make_door(StreamSettings(ring_buffer_size=8 << 20))
+    tree, door = make_door(StreamSettings(ring_buffer_size=8 << 20))
     body = bytes(range(256)) * (UPLOAD_PIECE // 256 * 2 + 1)
     reply = await exchange(door, b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                            % (len(body), body), until=b"}")
     assert status(reply) == 201
-    sizes = [len(c.data) for c in namespace.child(namespace.root, b"big").stream.ring.history()]
+    sizes = [len(c.data) for c in tree.child(tree.root, b"big").stream.ring.history()]
     assert sizes == [UPLOAD_PIECE, UPLOAD_PIECE, 256]
 
 
 async def test_an_upload_that_goes_quiet_is_ended_and_keeps_what_arrived(autojump_clock):
-    namespace, door = make_door(body_timeout=5.0)
+    tree, door = make_door(body_timeout=5.0)
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(door.connection, server, ROOT)
@@ -202,19 +202,19 @@ async def test_an_upload_that_goes_quiet_is_ended_and_keeps_what_arrived(autojum
             reply += data
         assert 5.0 <= trio.current_time() - started < 6.0
     assert status(reply) == 408 and b"connection: close" in reply
-    assert namespace.child(namespace.root, b"quiet").stream.size == 5
+    assert tree.child(tree.root, b"quiet").stream.size == 5
 
 
 async def test_a_quiet_content_length_upload_keeps_what_arrived(autojump_clock):
-    namespace, door = make_door(body_timeout=5.0)
+    tree, door = make_door(body_timeout=5.0)
     reply = await exchange(door, b"PUT /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
                            b"thirteen byte", until=b"\x00never")
     assert status(reply) == 408
-    assert namespace.child(namespace.root, b"cl").stream.size == 13
+    assert tree.child(tree.root, b"cl").stream.size == 13
 
 
 async def test_request_smuggling_and_absurd_chunks_are_refused_and_closed():
-    namespace, door = make_door()
+    tree, door = make_door()
     for request in (
         b"PUT /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"
         b"\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -226,12 +226,12 @@ async def test_request_smuggling_and_absurd_chunks_are_refused_and_closed():
         assert status(reply) == 400 and reply.count(b"HTTP/1.1") == 1, request
         assert b"connection: close" in reply.lower(), request
     # A malformed chunked head makes no stream.
-    assert b"s" not in namespace.root.entries
+    assert b"s" not in tree.root.entries
 
 
 async def test_the_connection_is_kept_after_head_and_after_errors():
-    namespace, door = make_door()
-    await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    tree, door = make_door()
+    await tree.create(StreamFile, tree.root, b"s", 0o644, 0, 0)
     pipelined = (b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"PUT /nodir/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
@@ -244,8 +244,8 @@ async def test_the_connection_is_kept_after_head_and_after_errors():
 
 
 async def test_a_stalled_http_reader_holds_only_what_the_budget_counts():
-    namespace, door = make_door(StreamSettings(ring_buffer_size=0))
-    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    tree, door = make_door(StreamSettings(ring_buffer_size=0))
+    node = await tree.create(StreamFile, tree.root, b"s", 0o644, 0, 0)
     # A real socket that the client never reads, so that the door's send waits.
     client, server = (trio.SocketStream(s) for s in trio.socket.socketpair())
     async with client, trio.open_nursery() as nursery:

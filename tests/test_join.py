@@ -20,8 +20,9 @@ import pytest
 import trio
 
 from conftest import REQUIRE_MOUNT, free_port, accepts, wait_until, xattr
-from streamfs_fuse.mpegts import PACKET, KeyframeIndex
-from streamfs_fuse.stream import Join, Stream, StreamSettings
+from streamfs_fuse.core.mpegts import PACKET, KeyframeIndex
+from streamfs_fuse.core.stream import Stream
+from streamfs_fuse.settings import Join, StreamSettings
 
 FPS = 25
 #: libx264 with a keyframe every 10 s and none elsewhere (testsrc has no scene cuts).

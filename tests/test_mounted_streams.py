@@ -12,7 +12,7 @@ import pytest
 
 from conftest import wait_parked, wait_until, xattr
 
-from streamfs_fuse.chunk import CHUNK_OVERHEAD
+from streamfs_fuse.core.chunk import CHUNK_OVERHEAD
 
 
 

@@ -5,14 +5,14 @@ import inspect
 
 import pytest
 
-from streamfs_fuse.access import NOBODY, Identity
-from streamfs_fuse.namespace import NAME_MAX, Directory, Namespace, StreamFile
-from streamfs_fuse.stream import StreamSettings
+from streamfs_fuse.core.access import NOBODY, Identity
+from streamfs_fuse.core.tree import NAME_MAX, Directory, Tree, StreamFile
+from streamfs_fuse.settings import StreamSettings
 
 
 @pytest.fixture
 def ns():
-    return Namespace(StreamSettings(), uid=1000, gid=1000)
+    return Tree(StreamSettings(), uid=1000, gid=1000)
 
 
 async def refused(code, call, *args, **kwargs):

@@ -36,9 +36,9 @@ import pytest
 import trio
 
 from conftest import Mount, require_fuse
-from streamfs_fuse.access import NOBODY, ROOT, Access, Identity, check, check_set_settings
-from streamfs_fuse.namespace import Directory, Namespace, StreamFile
-from streamfs_fuse.stream import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.core.access import NOBODY, ROOT, Access, Identity, check, check_set_settings
+from streamfs_fuse.core.tree import Directory, Tree, StreamFile
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
 
 #: The group the nodes of the table belong to.
 TEAM = 1100
@@ -214,9 +214,9 @@ def primary_gid(who: Identity) -> int:
 # -- the core, with no kernel ---------------------------------------------------
 
 
-async def core_fixture(case: Case) -> tuple[Namespace, list[bytes]]:
-    """A namespace holding the row's nodes, made without any check; the path to /cNNN."""
-    ns = Namespace(StreamSettings(), uid=0, gid=0)
+async def core_fixture(case: Case) -> tuple[Tree, list[bytes]]:
+    """A tree holding the row's nodes, made without any check; the path to /cNNN."""
+    ns = Tree(StreamSettings(), uid=0, gid=0)
     top = await ns.create(Directory, ns.root, CASE_DIRS.get(case, "extra").encode(), 0o755,
                          0, 0)
     await ns.create(Directory, top, b"e", 0o777, 0, 0)
@@ -319,7 +319,7 @@ async def test_without_an_identity_nothing_is_checked():
 
 
 async def test_remove_tree_is_all_or_nothing():
-    ns = Namespace(StreamSettings(), uid=0, gid=0)
+    ns = Tree(StreamSettings(), uid=0, gid=0)
     top = await ns.create(Directory, ns.root, b"top", 0o777, 0, 0)
     mine = await ns.create(Directory, top, b"mine", 0o755, OWNER.uid, OWNER.uid)
     await ns.create(StreamFile, mine, b"a", 0o644, OWNER.uid, OWNER.uid)
@@ -336,7 +336,7 @@ async def test_remove_tree_is_all_or_nothing():
 
 
 async def test_chmod_drops_setgid_for_a_group_the_owner_is_not_in():
-    ns = Namespace(StreamSettings(), uid=0, gid=0)
+    ns = Tree(StreamSettings(), uid=0, gid=0)
     outside = await ns.create(StreamFile, ns.root, b"outside", 0o640, OWNER.uid, TEAM)
     inside = await ns.create(StreamFile, ns.root, b"inside", 0o640, SUPPLEMENTARY.uid, TEAM)
     await ns.setattr(outside, mode=0o2640, identity=OWNER)

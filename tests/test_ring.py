@@ -2,8 +2,8 @@
 
 import pytest
 
-from streamfs_fuse.chunk import Chunk
-from streamfs_fuse.ring import SMALL_CHUNK, UNIT_SIZE, RingBuffer
+from streamfs_fuse.core.chunk import Chunk
+from streamfs_fuse.core.ring import SMALL_CHUNK, UNIT_SIZE, RingBuffer
 
 
 def make_ring(capacity):

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import wait_until, xattr
 from redis_servers import cli
-from streamfs_fuse.redis_store import shard_of
+from streamfs_fuse.stores.redis.store import shard_of
 
 
 

@@ -6,24 +6,24 @@ import pytest
 import trio
 import trio.testing
 
-from streamfs_fuse.namespace import Directory, Namespace, StreamFile
-from streamfs_fuse.stream import (SharedTotals, SlowReaderPolicy, Stream, StreamClosed,
-                                  StreamSettings)
-from streamfs_fuse.wait import Waiter
+from streamfs_fuse.core.tree import Directory, Tree, StreamFile
+from streamfs_fuse.core.stream import SharedTotals, Stream, StreamClosed
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.core.wait import Waiter
 
 
 class RecordingStore:
     """A TreeStore that applies each event at once and keeps it, in order, with its inode."""
 
     def __init__(self):
-        self.namespace = None
+        self.tree = None
         self.events = []
         self.inodes = iter(range(1000, 10**6, 7))
 
     async def commit(self, event):
         inode = next(self.inodes)
         self.events.append((dict(event), inode))
-        return self.namespace.apply(event, inode)
+        return self.tree.apply(event, inode)
 
     def stream_log(self, node):
         return FakeLog(node.stream)
@@ -62,23 +62,23 @@ class FakeLog:
 
 def shared_namespace():
     store = RecordingStore()
-    namespace = Namespace(StreamSettings(), uid=0, gid=0, store=store)
-    store.namespace = namespace
-    return namespace, store
+    tree = Tree(StreamSettings(), uid=0, gid=0, store=store)
+    store.tree = tree
+    return tree, store
 
 
 async def shared_stream():
-    """A shared stream "/s" with a reader and a writer: (namespace, stream, log, reader, writer)."""
-    namespace, _ = shared_namespace()
-    node = await namespace.create(StreamFile, namespace.root, b"s", 0o644, 0, 0)
+    """A shared stream "/s" with a reader and a writer: (tree, stream, log, reader, writer)."""
+    tree, _ = shared_namespace()
+    node = await tree.create(StreamFile, tree.root, b"s", 0o644, 0, 0)
     stream = node.stream
-    return namespace, stream, stream.log, await stream.join(), stream.open_writer()
+    return tree, stream, stream.log, await stream.join(), stream.open_writer()
 
 
-def shape(namespace):
+def shape(tree):
     """Every node as (path, inode, mode, uid, gid), the way a host would see it."""
-    return sorted((namespace.path(node), node.inode, node.mode, node.uid, node.gid)
-                  for node in namespace.nodes.values())
+    return sorted((tree.path(node), node.inode, node.mode, node.uid, node.gid)
+                  for node in tree.nodes.values())
 
 
 async def test_the_same_events_give_every_host_the_same_tree_and_the_same_errors():
@@ -92,7 +92,7 @@ async def test_the_same_events_give_every_host_the_same_tree_and_the_same_errors
     await a.rename(cams, b"front", a.root, b"old")  # replaces old, which ends
     await a.rmdir(a.root, b"cams")
 
-    b = Namespace(StreamSettings(), uid=0, gid=0)
+    b = Tree(StreamSettings(), uid=0, gid=0)
     for event, inode in store.events:
         try:
             b.apply(event, inode)
@@ -119,8 +119,8 @@ async def test_a_shared_stream_writes_to_its_log_and_readers_get_what_comes_back
 
 
 async def test_removing_a_shared_stream_ends_the_log_and_readers_only_at_its_end():
-    namespace, stream, log, reader, writer = await shared_stream()
-    await namespace.unlink(namespace.root, b"s")
+    tree, stream, log, reader, writer = await shared_stream()
+    await tree.unlink(tree.root, b"s")
     assert log.ended and stream.removed and not stream.closed
     with pytest.raises(StreamClosed):
         await writer.write(b"late")
@@ -154,7 +154,7 @@ async def test_a_snapshot_rebuilds_the_same_tree_in_an_empty_namespace():
         await a.create(StreamFile, top, b"s%d" % i, 0o640, 5, 6)
         top = await a.create(Directory, top, b"d", 0o755, 0, 0)
     await a.create(StreamFile, a.root, b"\xff latin", 0o600, 0, 0)
-    b = Namespace(StreamSettings(), uid=0, gid=0)
+    b = Tree(StreamSettings(), uid=0, gid=0)
     b.restore(a.snapshot())
     assert shape(b) == shape(a)
     assert [(n.name, n.mtime_ns) for n in b.root.entries.values()] == \

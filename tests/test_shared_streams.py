@@ -407,7 +407,7 @@ def test_a_follower_goes_on_when_redis_loses_entries_it_had_read(hosts, redis_se
 
 
 def test_the_tree_history_is_trimmed_behind_snapshots(hosts, redis_server):
-    from streamfs_fuse.redis_store import SNAPSHOT_EVERY
+    from streamfs_fuse.stores.redis.store import SNAPSHOT_EVERY
     a, b = hosts(2)
     (a / "d").mkdir()
     (a / "d" / "s").touch()

@@ -6,14 +6,13 @@ import pytest
 import trio
 import trio.testing
 
-from streamfs_fuse.budget import MemoryBudget
-from streamfs_fuse.chunk import CHUNK_OVERHEAD
-from streamfs_fuse.reader import ReaderDisconnected
-from streamfs_fuse.ring import SMALL_CHUNK
-from streamfs_fuse.stream import (
-    DROP_LOG_INTERVAL, FANOUT_SLICE, SlowReaderPolicy, Stream, StreamClosed, StreamSettings,
-)
-from streamfs_fuse.wait import Interrupted, Waiter
+from streamfs_fuse.core.budget import MemoryBudget
+from streamfs_fuse.core.chunk import CHUNK_OVERHEAD
+from streamfs_fuse.core.reader import ReaderDisconnected
+from streamfs_fuse.core.ring import SMALL_CHUNK
+from streamfs_fuse.core.stream import DROP_LOG_INTERVAL, FANOUT_SLICE, Stream, StreamClosed
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.core.wait import Interrupted, Waiter
 
 DROP, BLOCK, DISCONNECT = SlowReaderPolicy.DROP, SlowReaderPolicy.BLOCK, SlowReaderPolicy.DISCONNECT
 KiB = 1024

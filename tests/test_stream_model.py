@@ -37,10 +37,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from streamfs_fuse.budget import MemoryBudget
-from streamfs_fuse.chunk import CHUNK_OVERHEAD
-from streamfs_fuse.ring import SMALL_CHUNK, UNIT_SIZE
-from streamfs_fuse.stream import SlowReaderPolicy, Stream, StreamClosed, StreamSettings
+from streamfs_fuse.core.budget import MemoryBudget
+from streamfs_fuse.core.chunk import CHUNK_OVERHEAD
+from streamfs_fuse.core.ring import SMALL_CHUNK, UNIT_SIZE
+from streamfs_fuse.core.stream import Stream, StreamClosed
+from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
 
 # Sizes around the thresholds that matter: the per-chunk overhead counted in
 # channel limits and the ring's small-chunk coalescing.

@@ -1,7 +1,7 @@
 """The pyfuse3 Operations that expose streams as files.
 
 This layer only maps FUSE requests onto the core (the tree in
-``namespace.py``, the streams in ``stream.py`` and ``reader.py``) and core
+``tree.py``, the streams in ``stream.py`` and ``reader.py``) and core
 errors onto errno. What it keeps is FUSE's own: the kernel's lookups (as holds
 on nodes), one handle per open(), one listing per opendir().
 
@@ -32,14 +32,15 @@ from dataclasses import asdict, dataclass, field
 import pyfuse3
 import trio
 
-from .access import Identity, check_owner
-from .budget import physical_memory
+from ..core.access import Identity, check_owner
+from ..settings import physical_memory
 from .interrupts import SignalWatch
-from .logs import RepeatedLog
-from .reader import Reader, ReaderDisconnected
-from .namespace import NAME_MAX, ROOT_INODE, Directory, Namespace, Node, OpenStream, StreamFile
-from .stream import Join, SlowReaderPolicy, StreamClosed, Writer
-from .wait import Interrupted, Waiter
+from ..logs import RepeatedLog
+from ..core.reader import Reader, ReaderDisconnected
+from ..core.tree import NAME_MAX, ROOT_INODE, Directory, Tree, Node, OpenStream, StreamFile
+from ..core.stream import StreamClosed, Writer
+from ..settings import Join, SlowReaderPolicy
+from ..core.wait import Interrupted, Waiter
 
 __all__ = ["StreamFS", "READER_DISCONNECTED_ERRNO"]
 
@@ -119,7 +120,7 @@ def answers_eio(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
             except pyfuse3.FUSEError:
                 raise
             except Exception as e:
-                # The namespace refuses with an OSError carrying the errno to answer.
+                # The tree refuses with an OSError carrying the errno to answer.
                 error = (pyfuse3.FUSEError(e.errno) if isinstance(e, OSError) and e.errno
                          else failed(name, e))
                 if name != "forget":  # which may not raise at all
@@ -140,10 +141,10 @@ class StreamFS(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace) -> None:
+    def __init__(self, tree: Tree) -> None:
         super().__init__()
         assert pyfuse3.ROOT_INODE == ROOT_INODE
-        self.namespace = namespace
+        self.tree = tree
         self._handles: dict[int, Handle] = {}
         self._listings: dict[int, Listing] = {}
         self._fhs = itertools.count(1)
@@ -154,7 +155,7 @@ class StreamFS(pyfuse3.Operations):
     def init(self) -> None:
         # The kernel caches names for ENTRY_TIMEOUT; when another door removes
         # or moves one, it must be told at once.
-        self.namespace.name_watchers.append(self._name_gone)
+        self.tree.name_watchers.append(self._name_gone)
 
     def _name_gone(self, parent: Directory, name: bytes) -> trio.Event | None:
         if (parent.inode, name) in self._own_changes:
@@ -212,7 +213,7 @@ class StreamFS(pyfuse3.Operations):
         return attrs
 
     def close_all_streams(self) -> None:
-        self.namespace.close_all_streams()
+        self.tree.close_all_streams()
 
     @property
     def open_handles(self) -> int:
@@ -221,29 +222,29 @@ class StreamFS(pyfuse3.Operations):
     # -- names -----------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx):
-        namespace = self.namespace
-        node = namespace.child(namespace.directory(parent_inode), name)
-        namespace.hold(node)
+        tree = self.tree
+        node = tree.child(tree.directory(parent_inode), name)
+        tree.hold(node)
         return self._attributes(node)
 
     async def forget(self, inode_list):
-        namespace = self.namespace
+        tree = self.tree
         for inode, count in inode_list:
-            node = namespace.nodes.get(inode)
+            node = tree.nodes.get(inode)
             if node is not None:
-                namespace.release(node, count)
+                tree.release(node, count)
 
     async def getattr(self, inode, ctx):
-        node = self.namespace.node(inode)
+        node = self.tree.node(inode)
         if isinstance(node, StreamFile):
             await node.stream.refresh()
         return self._attributes(node)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        node = self.namespace.node(inode)
+        node = self.tree.node(inode)
         # update_size (truncate, O_TRUNC) is accepted and ignored: a stream
         # cannot be shortened, and shell redirection must work.
-        await self.namespace.setattr(
+        await self.tree.setattr(
             node,
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
@@ -261,27 +262,27 @@ class StreamFS(pyfuse3.Operations):
         return await self._make(Directory, parent_inode, name, mode, ctx)
 
     async def _make(self, kind, parent_inode, name, mode, ctx) -> pyfuse3.EntryAttributes:
-        namespace = self.namespace
-        node = await namespace.create(kind, namespace.directory(parent_inode), name, mode,
+        tree = self.tree
+        node = await tree.create(kind, tree.directory(parent_inode), name, mode,
                                 ctx.uid, ctx.gid)
-        namespace.hold(node)
+        tree.hold(node)
         return self._attributes(node)
 
     async def unlink(self, parent_inode, name, ctx):
         with self._own_change((parent_inode, name)):
-            await self.namespace.unlink(self.namespace.directory(parent_inode), name)
+            await self.tree.unlink(self.tree.directory(parent_inode), name)
 
     async def rmdir(self, parent_inode, name, ctx):
         with self._own_change((parent_inode, name)):
-            await self.namespace.rmdir(self.namespace.directory(parent_inode), name)
+            await self.tree.rmdir(self.tree.directory(parent_inode), name)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        namespace = self.namespace
+        tree = self.tree
         with self._own_change((parent_inode_old, name_old), (parent_inode_new, name_new)):
-            await namespace.rename(namespace.directory(parent_inode_old), name_old,
-                                   namespace.directory(parent_inode_new), name_new,
+            await tree.rename(tree.directory(parent_inode_old), name_old,
+                                   tree.directory(parent_inode_new), name_new,
                                    replace=not flags & pyfuse3.RENAME_NOREPLACE)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -297,7 +298,7 @@ class StreamFS(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx):
         fh = next(self._fhs)
-        self._listings[fh] = Listing(self.namespace.directory(inode))
+        self._listings[fh] = Listing(self.tree.directory(inode))
         return fh
 
     async def readdir(self, fh, start_id, token):
@@ -322,7 +323,7 @@ class StreamFS(pyfuse3.Operations):
                 continue  # unlinked or moved since the snapshot
             if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), node.offset):
                 break
-            self.namespace.hold(node)
+            self.tree.hold(node)
 
     async def releasedir(self, fh):
         del self._listings[fh]
@@ -331,13 +332,13 @@ class StreamFS(pyfuse3.Operations):
         """The memory streams may use as the size, what they hold as used."""
         result = pyfuse3.StatvfsData()
         result.f_bsize = result.f_frsize = 4096
-        namespace = self.namespace
-        total = namespace.settings.max_memory or physical_memory()
-        held = namespace.memory_used()
+        tree = self.tree
+        total = tree.settings.max_memory or physical_memory()
+        held = tree.memory_used()
         result.f_blocks = total // 4096
         result.f_bfree = result.f_bavail = max(0, total - held) // 4096
         free_inodes = 2**32
-        result.f_files = len(namespace.nodes) + free_inodes
+        result.f_files = len(tree.nodes) + free_inodes
         result.f_ffree = result.f_favail = free_inodes
         result.f_namemax = NAME_MAX
         return result
@@ -346,18 +347,18 @@ class StreamFS(pyfuse3.Operations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         # The kernel has checked the permissions (default_permissions).
-        namespace = self.namespace
+        tree = self.tree
         waiter = Waiter()
-        opened, _ = await namespace.open_name(
-            namespace.directory(parent_inode), name, **access_of(flags), create=True,
+        opened, _ = await tree.open_name(
+            tree.directory(parent_inode), name, **access_of(flags), create=True,
             exclusive=bool(flags & os.O_EXCL), mode=mode, uid=ctx.uid, gid=ctx.gid,
             waiter=waiter)
-        namespace.hold(opened.node)  # the kernel's lookup of the new name
+        tree.hold(opened.node)  # the kernel's lookup of the new name
         return self._handle(opened, flags, ctx, waiter), self._attributes(opened.node)
 
     async def open(self, inode, flags, ctx):
         waiter = Waiter()
-        opened = await self.namespace.open(self.namespace.node(inode), **access_of(flags),
+        opened = await self.tree.open(self.tree.node(inode), **access_of(flags),
                                            waiter=waiter)
         return self._handle(opened, flags, ctx, waiter)
 
@@ -475,10 +476,10 @@ class StreamFS(pyfuse3.Operations):
         }
 
     async def listxattr(self, inode, ctx):
-        return list(self._stream_xattrs(self.namespace.node(inode)))
+        return list(self._stream_xattrs(self.tree.node(inode)))
 
     async def getxattr(self, inode, name, ctx):
-        node = self.namespace.node(inode)
+        node = self.tree.node(inode)
         if isinstance(node, StreamFile):
             await node.stream.refresh()
         try:
@@ -487,7 +488,7 @@ class StreamFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     async def setxattr(self, inode, name, value, ctx):
-        node = self.namespace.node(inode)
+        node = self.tree.node(inode)
         if name not in SETTABLE_XATTRS or not isinstance(node, StreamFile):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         # The kernel has checked WRITE (as for any user.* xattr): the rest of
@@ -498,7 +499,7 @@ class StreamFS(pyfuse3.Operations):
             setting = parse(value.decode().strip())
         except (UnicodeDecodeError, ValueError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        await self.namespace.set_settings(node, **{SETTABLE_XATTRS[name]: setting})
+        await self.tree.set_settings(node, **{SETTABLE_XATTRS[name]: setting})
 
     async def removexattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.ENOTSUP)

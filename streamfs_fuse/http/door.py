@@ -45,10 +45,10 @@ from http import HTTPStatus
 import h11
 import trio
 
-from .access import NOBODY, Identity
-from .config import HTTPSettings
-from .logs import RepeatedLog
-from .reader import Reader, ReaderDisconnected
+from ..core.access import NOBODY, Identity
+from ..settings import HTTPSettings
+from ..logs import RepeatedLog
+from ..core.reader import Reader, ReaderDisconnected
 
 __all__ = ["Exchange", "HTTPDoor", "Refused", "STATUS_BY_ERRNO"]
 

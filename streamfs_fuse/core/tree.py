@@ -8,15 +8,15 @@ translates them (FUSE replies with the errno as it is).
 Invariants:
 
 - Inode numbers only grow and are never reused: a door may still hold an old one.
-- A node is in :attr:`Namespace.nodes` while it is linked into the tree or
-  some door holds it (:meth:`Namespace.hold`); it is forgotten when neither.
+- A node is in :attr:`Tree.nodes` while it is linked into the tree or
+  some door holds it (:meth:`Tree.hold`); it is forgotten when neither.
 - A directory's ``entries`` are in the order they were linked, which is the
   order of their ``offset``; offsets 1 and 2 are "." and "..".
 - No operation walks the tree recursively: trees may be deep.
 - Permissions are checked for an ``identity`` (see access.py) before the
   event is committed, against this host's tree; ``identity=None`` means the
   door has already checked (FUSE's kernel does, with ``default_permissions``).
-- Every change is an event (a JSON-ready dict) applied by :meth:`Namespace.apply`.
+- Every change is an event (a JSON-ready dict) applied by :meth:`Tree.apply`.
   Applying the same events in the same order to the same tree gives the same
   tree, the same inode numbers and the same errors: that is how a store
   shared by several hosts (:class:`TreeStore`) keeps their trees identical.
@@ -38,13 +38,14 @@ import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
-from .stream import Join, SharedLog, SlowReaderPolicy, Stream, StreamSettings, Writer
+from .stream import SharedLog, Stream, Writer
+from ..settings import Join, SlowReaderPolicy, StreamSettings
 from .wait import Waiter
 
 if TYPE_CHECKING:
     from .reader import Reader
 
-__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Namespace", "Node", "OpenStream", "StreamFile",
+__all__ = ["NAME_MAX", "ROOT_INODE", "Directory", "Tree", "Node", "OpenStream", "StreamFile",
            "TreeStore",
            "fail"]
 
@@ -100,11 +101,11 @@ class OpenStream:
     writing host's).
     """
 
-    __slots__ = ("namespace", "node", "reader", "writer")
+    __slots__ = ("tree", "node", "reader", "writer")
 
-    def __init__(self, namespace: Namespace, node: StreamFile, reader: Reader | None,
+    def __init__(self, tree: Tree, node: StreamFile, reader: Reader | None,
                  writer: Writer | None) -> None:
-        self.namespace = namespace
+        self.tree = tree
         self.node = node
         self.reader = reader
         self.writer = writer
@@ -122,7 +123,7 @@ class OpenStream:
             node.stream.release_reader(self.reader)
         if self.writer is not None:
             self.writer.close()
-        self.namespace.release(node)
+        self.tree.release(node)
 
 
 Event = dict[str, Any]
@@ -141,7 +142,7 @@ class TreeStore(Protocol):
         """Where the chunks of the stream at ``node`` are ordered for every host."""
 
 
-class Namespace:
+class Tree:
     """The tree, the inode table, and the mount-wide memory budget of its streams.
 
     Changes are made through the async methods, which commit an event: applied

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import heapq
-import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .reader import Reader
     from .stream import Stream
 
-__all__ = ["MemoryBudget", "physical_memory"]
-
-
-def physical_memory() -> int:
-    """The machine's memory, in bytes: no cap or buffer can usefully be larger."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+__all__ = ["MemoryBudget"]
 
 
 class MemoryBudget:

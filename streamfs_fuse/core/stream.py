@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import math
-import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import trio
 
+from ..settings import Join, SlowReaderPolicy, StreamSettings
 from .budget import MemoryBudget
 from .chunk import Chunk, footprint_of
 from .mpegts import KeyframeIndex
@@ -21,7 +20,7 @@ from .ring import RingBuffer
 from .wait import Waiter
 
 __all__ = [
-    "FANOUT_SLICE", "Join", "SharedLog", "SlowReaderPolicy", "StreamSettings", "StreamStatistics",
+    "FANOUT_SLICE", "SharedLog", "StreamStatistics",
     "Stream", "StreamClosed", "Writer",
 ]
 
@@ -37,63 +36,6 @@ DROP_LOG_READERS = 5
 #: 100,000 readers at once took 285 ms, and every other stream of the mount
 #: waited for it.
 FANOUT_SLICE = 128
-
-
-class SlowReaderPolicy(enum.Enum):
-    """What a write does for a reader whose buffer cannot take the chunk."""
-
-    #: The reader misses the chunk; writers and other readers never wait.
-    DROP = "drop"
-    #: The write waits until every reader has room: lossless, like a pipe.
-    BLOCK = "block"
-    #: The reader is cut off; its next read fails.
-    DISCONNECT = "disconnect"
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-@dataclass(frozen=True)
-class Join:
-    """Where a reader that opens starts in the stream's history.
-
-    ``ring``: the whole ring; ``keyframe``: the newest keyframe in the ring,
-    with the PAT and PMT in front (MPEG-TS; other streams get the whole ring;
-    an MPEG-TS stream with no keyframe in its ring starts live); ``live``: no
-    history; ``seconds`` back (``10s``): history written in that time, from
-    a keyframe at least that old for MPEG-TS.
-    """
-
-    where: str = "ring"
-    seconds: float = 0.0
-
-    WHERE = ("ring", "keyframe", "live")
-
-    @classmethod
-    def parse(cls, text: str) -> Join:
-        """``ring``, ``keyframe``, ``live`` or a duration (``10s``, ``1.5m``, ``500ms``)."""
-        text = text.strip().lower()
-        if text in cls.WHERE:
-            return cls(text)
-        match = _DURATION.fullmatch(text)
-        if match is None:
-            raise ValueError(f"{text!r} is not ring, keyframe, live or a duration such as 10s")
-        return cls("back", float(match[1]) * _SECONDS[match[2] or "s"])
-
-    def __str__(self) -> str:
-        return self.where if self.where != "back" else f"{self.seconds:g}s"
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """How a mount's streams behave; ``max_memory`` is one cap shared by all."""
-
-    channel_buffer_size: int = 6 * 1024 * 1024
-    ring_buffer_size: int = 6 * 1024 * 1024
-    slow_reader: SlowReaderPolicy = SlowReaderPolicy.DROP
-    max_memory: int | None = None
-    join: Join = Join()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import time
 
 import trio
 
-from .wait import WaitGroup, Waiter
+from ..core.wait import WaitGroup, Waiter
 
 __all__ = ["SignalWatch"]
 

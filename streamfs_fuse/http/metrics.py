@@ -33,12 +33,12 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
-from .access import NOBODY, Access, Identity, may
-from .config import HTTPSettings
-from .http import Exchange, HTTPDoor, Refused
-from .http_routes import origin_form
-from .namespace import Directory, Namespace, StreamFile
-from .stream import Stream, StreamStatistics
+from ..core.access import NOBODY, Access, Identity, may
+from ..settings import HTTPSettings
+from .door import Exchange, HTTPDoor, Refused
+from .native import origin_form
+from ..core.tree import Directory, Tree, StreamFile
+from ..core.stream import Stream, StreamStatistics
 
 __all__ = ["MetricsRoutes", "PATH"]
 
@@ -216,10 +216,10 @@ class MetricsRoutes:
     is through the mount).
     """
 
-    def __init__(self, inner, namespace: Namespace, door: HTTPDoor | None,
+    def __init__(self, inner, tree: Tree, door: HTTPDoor | None,
                  settings: HTTPSettings) -> None:
         self.inner = inner
-        self.namespace = namespace
+        self.tree = tree
         #: Set once the door exists (it is made with these routes).
         self.door = door
         self.settings = settings
@@ -247,16 +247,16 @@ class MetricsRoutes:
 
     async def scrape(self, identity: Identity) -> Scrape:
         """The figures now; each stream's statistics are made once (4 µs each)."""
-        namespace, settings = self.namespace, self.settings
+        tree, settings = self.tree, self.settings
         visible: list[tuple[bytes, StreamFile]] = []
         if settings.metrics_per_stream:
-            visible = list(itertools.islice(readable_streams(namespace.root, identity),
+            visible = list(itertools.islice(readable_streams(tree.root, identity),
                                             settings.metrics_max_streams + 1))
         per_stream = settings.metrics_per_stream and len(visible) <= settings.metrics_max_streams
         if per_stream:
             await refresh([node.stream for _, node in visible])
         # Nothing awaits from here on: the figures are of one moment.
-        figures = {node.stream: node.stream.statistics() for node in list(namespace.nodes.values())
+        figures = {node.stream: node.stream.statistics() for node in list(tree.nodes.values())
                    if isinstance(node, StreamFile)}
         reported = [(label_of(path), figures[node.stream]) for path, node in visible
                     if per_stream and node.stream in figures]
@@ -268,14 +268,14 @@ class MetricsRoutes:
             local_readers=sum(s.local_readers for s in local),
             local_writers=sum(s.local_writers for s in local),
             queued_bytes=sum(s.queued_bytes for s in local),
-            held_bytes=namespace.budget.used, memory_cap=namespace.budget.limit,
-            memory_used=namespace.memory_used(),
+            held_bytes=tree.budget.used, memory_cap=tree.budget.limit,
+            memory_used=tree.memory_used(),
             connections=len(door.connections) if door else 0,
             active_requests=door.active if door else 0,
             max_connections=door.max_connections if door else 0,
             responses=dict(door.responses) if door else {},
             fuse_requests=None if self.fuse_requests is None else dict(self.fuse_requests),
-            redis_round_trips=round_trips_of(namespace.store),
+            redis_round_trips=round_trips_of(tree.store),
         )
 
 

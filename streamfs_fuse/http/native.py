@@ -12,8 +12,8 @@
 - ``DELETE /path``: rm (rmdir for an empty directory).
 
 Each route translates onto the core for the request's identity: the
-namespace decides who may do what, the stream how readers and writers
-behave. Errors are the namespace's errno, which the door turns into a status.
+tree decides who may do what, the stream how readers and writers
+behave. Errors are the tree's errno, which the door turns into a status.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from contextlib import aclosing
 from dataclasses import asdict
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from .access import Access, Identity, check, may
-from .config import HTTPSettings
-from .http import Exchange, Refused, http_date
+from ..core.access import Access, Identity, check, may
+from ..settings import HTTPSettings
+from .door import Exchange, Refused, http_date
 from .listing_page import listing_page
-from .namespace import NAME_MAX, Directory, Namespace, Node, StreamFile, fail
-from .stream import Join, StreamClosed
+from ..core.tree import NAME_MAX, Directory, Tree, Node, StreamFile, fail
+from ..core.stream import StreamClosed
+from ..settings import Join
 
 __all__ = ["NativeRoutes", "check_path", "origin_form", "parse_path"]
 
@@ -80,10 +81,10 @@ def login_group(uid: int) -> int | None:
 
 
 class NativeRoutes:
-    """The routes above, for one namespace; see the module docstring."""
+    """The routes above, for one tree; see the module docstring."""
 
-    def __init__(self, namespace: Namespace, settings: HTTPSettings) -> None:
-        self.namespace = namespace
+    def __init__(self, tree: Tree, settings: HTTPSettings) -> None:
+        self.tree = tree
         self.settings = settings
 
     async def __call__(self, exchange: Exchange) -> None:
@@ -92,7 +93,7 @@ class NativeRoutes:
             raise Refused(403, "this server is read-only")
         names = parse_path(exchange.target)
         if method in (b"GET", b"HEAD"):
-            node = self.namespace.resolve(names, exchange.identity)
+            node = self.tree.resolve(names, exchange.identity)
             if method == b"HEAD":
                 await self._head(exchange, node)
             elif isinstance(node, Directory):
@@ -102,7 +103,7 @@ class NativeRoutes:
         elif method in (b"PUT", b"POST"):
             node, created, written = await self.upload(exchange, names)
             await exchange.reply_json(201 if created else 200,
-                                      {"path": self.namespace.path(node), "written": written})
+                                      {"path": self.tree.path(node), "written": written})
         elif method == b"DELETE":
             await self.remove(exchange, names)
             await exchange.reply(204)
@@ -116,14 +117,14 @@ class NativeRoutes:
         """The directory the last of ``names`` is in."""
         if not names:
             raise fail(errno.EISDIR)
-        parent = self.namespace.resolve(names[:-1], identity)
+        parent = self.tree.resolve(names[:-1], identity)
         if not isinstance(parent, Directory):
             raise fail(errno.ENOTDIR)
         return parent
 
     async def stream(self, exchange: Exchange, node: Node, kind: bytes | None = None) -> None:
         """Send the stream at ``node``, as ``cat`` reads it, until rm."""
-        opened = await self.namespace.open(node, read=True, write=False,
+        opened = await self.tree.open(node, read=True, write=False,
                                            identity=exchange.identity,
                                            join=query_join(exchange.target))
         try:
@@ -144,13 +145,13 @@ class NativeRoutes:
         Returns the node, whether it was made, and the bytes written.
         """
         identity = exchange.identity
-        namespace = self.namespace
+        tree = self.tree
         parent = self.parent_of(names, identity)
-        namespace.check_open_name(identity, parent, names[-1], read=False, write=True,
+        tree.check_open_name(identity, parent, names[-1], read=False, write=True,
                                   create=True)
         async with aclosing(exchange.body_pieces()) as pieces:
             first = await anext(pieces, None)
-            opened, created = await namespace.open_name(
+            opened, created = await tree.open_name(
                 parent, names[-1], read=False, write=True, create=True, mode=UPLOAD_MODE,
                 uid=identity.uid, gid=primary_gid(identity, parent), identity=identity)
             written = 0
@@ -170,17 +171,17 @@ class NativeRoutes:
                      recursive: bool = False) -> None:
         """rm, rmdir for a directory, or rm -r."""
         identity = exchange.identity
-        namespace = self.namespace
+        tree = self.tree
         if not names:
             raise Refused(409, "/ cannot be removed")
         parent = self.parent_of(names, identity)
         if recursive:
-            await namespace.remove_tree(parent, names[-1], identity=identity)
-        elif isinstance(namespace.child(parent, names[-1]), Directory):
-            await namespace.rmdir(parent, names[-1], identity=identity)
+            await tree.remove_tree(parent, names[-1], identity=identity)
+        elif isinstance(tree.child(parent, names[-1]), Directory):
+            await tree.rmdir(parent, names[-1], identity=identity)
         else:
-            await namespace.unlink(parent, names[-1], identity=identity)
-        await namespace.settle()
+            await tree.unlink(parent, names[-1], identity=identity)
+        await tree.settle()
 
     # -- listings and figures ------------------------------------------------
 

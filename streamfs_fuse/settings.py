@@ -7,6 +7,7 @@ says what is wrong and where.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -19,13 +20,73 @@ from typing import Any
 import humanfriendly
 from humanfriendly.text import tokenize
 
-from .budget import physical_memory
-from .stream import Join, SlowReaderPolicy, StreamSettings
 
 __all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
            "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
            "sections_from", "check_backend", "check_http", "HTTPSettings",
-           "token_in_the_clear"]
+           "token_in_the_clear", "Join", "SlowReaderPolicy", "StreamSettings", "physical_memory"]
+
+
+def physical_memory() -> int:
+    """The machine's memory, in bytes: no cap or buffer can usefully be larger."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class SlowReaderPolicy(enum.Enum):
+    """What a write does for a reader whose buffer cannot take the chunk."""
+
+    #: The reader misses the chunk; writers and other readers never wait.
+    DROP = "drop"
+    #: The write waits until every reader has room: lossless, like a pipe.
+    BLOCK = "block"
+    #: The reader is cut off; its next read fails.
+    DISCONNECT = "disconnect"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Join:
+    """Where a reader that opens starts in the stream's history.
+
+    ``ring``: the whole ring; ``keyframe``: the newest keyframe in the ring,
+    with the PAT and PMT in front (MPEG-TS; other streams get the whole ring;
+    an MPEG-TS stream with no keyframe in its ring starts live); ``live``: no
+    history; ``seconds`` back (``10s``): history written in that time, from
+    a keyframe at least that old for MPEG-TS.
+    """
+
+    where: str = "ring"
+    seconds: float = 0.0
+
+    WHERE = ("ring", "keyframe", "live")
+
+    @classmethod
+    def parse(cls, text: str) -> Join:
+        """``ring``, ``keyframe``, ``live`` or a duration (``10s``, ``1.5m``, ``500ms``)."""
+        text = text.strip().lower()
+        if text in cls.WHERE:
+            return cls(text)
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not ring, keyframe, live or a duration such as 10s")
+        return cls("back", float(match[1]) * _SECONDS[match[2] or "s"])
+
+    def __str__(self) -> str:
+        return self.where if self.where != "back" else f"{self.seconds:g}s"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a mount's streams behave; ``max_memory`` is one cap shared by all."""
+
+    channel_buffer_size: int = 6 * 1024 * 1024
+    ring_buffer_size: int = 6 * 1024 * 1024
+    slow_reader: SlowReaderPolicy = SlowReaderPolicy.DROP
+    max_memory: int | None = None
+    join: Join = Join()
 
 
 class ConfigError(Exception):

@@ -6,7 +6,7 @@ the same streams. Redis orders everything once; each host keeps mirrors.
 Keys, for namespace P (a hash tag keeps what one script touches in one slot):
 
 - ``{P}:tree``: a Redis stream of tree events. Applying them in order gives
-  every host the same tree, inode numbers and errors (see namespace.py). A
+  every host the same tree, inode numbers and errors (see tree.py). A
   create's inode number is made from its entry ID, so it is the same on
   every host and never reused, even after Redis loses everything. A host
   adds an event at ``MS-*``, MS its clock's millisecond (or the newest
@@ -73,10 +73,11 @@ import coredis.exceptions
 import coredis.retry
 import trio
 
-from .config import BackendSettings
-from .namespace import Event, Namespace, Node, StreamFile, fail
-from .stream import SharedTotals, SlowReaderPolicy, Stream, StreamClosed
-from .wait import Waiter
+from ...settings import BackendSettings
+from ...core.tree import Event, Tree, Node, StreamFile, fail
+from ...core.stream import SharedTotals, Stream, StreamClosed
+from ...settings import SlowReaderPolicy
+from ...core.wait import Waiter
 
 __all__ = ["BackendError", "RedisStore", "check_backend"]
 
@@ -407,7 +408,7 @@ async def _within(seconds: float, call) -> None:
 
 
 class RedisStore:
-    """The :class:`~streamfs_fuse.namespace.TreeStore` of a tree shared through Redis."""
+    """The :class:`~streamfs_fuse.core.tree.TreeStore` of a tree shared through Redis."""
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
@@ -419,7 +420,7 @@ class RedisStore:
         self.tree_key = f"{{{prefix}}}:tree"
         self.epoch_key = f"{{{prefix}}}:epoch"
         self.snapshot_key = f"{{{prefix}}}:snapshot"
-        self.namespace: Namespace | None = None
+        self.tree: Tree | None = None
         self.epoch: str | None = None
         #: The last tree event applied here.
         self.applied = "0-0"
@@ -458,11 +459,11 @@ class RedisStore:
 
     # -- the process around it -------------------------------------------------
 
-    async def run(self, namespace: Namespace, *,
+    async def run(self, tree: Tree, *,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve ``namespace`` until cancelled; started once its tree is loaded."""
-        self.namespace = namespace
-        namespace.store = self
+        """Serve ``tree`` until cancelled; started once its tree is loaded."""
+        self.tree = tree
+        tree.store = self
         async with self.client, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._check_epoch()
@@ -631,7 +632,7 @@ class RedisStore:
         """The snapshot, if any, then every event after it."""
         snapshot = await self.client.hmget(self.snapshot_key, ["id", "rows"])
         if snapshot[0] is not None:
-            self.namespace.restore(json.loads(snapshot[1]))
+            self.tree.restore(json.loads(snapshot[1]))
             self.applied = snapshot[0].decode()
         # Streams removed in the past were ended by the host that removed them.
         self._replaying = True
@@ -642,11 +643,11 @@ class RedisStore:
 
     def _reset(self) -> None:
         """End every stream and empty the tree: Redis lost what this host knew."""
-        namespace = self.namespace
-        for node in list(namespace.nodes.values()):
+        tree = self.tree
+        for node in list(tree.nodes.values()):
             if isinstance(node, StreamFile):
                 node.stream.close()
-        namespace.clear()
+        tree.clear()
         self.applied = "0-0"
         for shard in self.shards.values():
             shard.logs.clear()
@@ -705,7 +706,7 @@ class RedisStore:
 
     async def _write_snapshot(self) -> None:
         """Snapshot the tree as of the event just applied: the history before it can go."""
-        rows, applied = self.namespace.snapshot(), self.applied
+        rows, applied = self.tree.snapshot(), self.applied
         try:
             await self._call(self._snapshot, keys=[self.snapshot_key, self.tree_key],
                              args=[applied, json.dumps(rows, separators=(",", ":"))])
@@ -739,7 +740,7 @@ class RedisStore:
             log.warning("tree event %s is not one this version understands: ignored", entry_id)
             return
         try:
-            result = self.namespace.apply(event, inode=int(ms) << SEQUENCE_BITS | int(seq))
+            result = self.tree.apply(event, inode=int(ms) << SEQUENCE_BITS | int(seq))
         except (KeyError, TypeError, ValueError):
             log.warning("tree event %s is not one this version understands: ignored", entry_id)
             result = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .namespace import Directory, Node
+    from .tree import Directory, Node
 
 __all__ = ["NOBODY", "ROOT", "Access", "Identity", "check", "check_owner", "check_set_settings",
            "check_sticky", "fail", "may", "may_set_settings", "owns"]

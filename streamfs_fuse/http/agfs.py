@@ -17,7 +17,7 @@ plugins, and a handle's seek and stream) answer 501, which AGFS's clients
 take as "use the plain calls".
 
 File handles (``/api/v1/handles/*``, see :class:`Handles`) hold a core
-:class:`~.namespace.OpenStream` between requests, so that agfs-fuse reads a
+:class:`~.core.tree.OpenStream` between requests, so that agfs-fuse reads a
 live stream as a file read does: history first, then waiting for new data.
 """
 
@@ -40,14 +40,14 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from .access import Access, Identity, check, may
-from .config import HTTPSettings
-from .http import READ_SIZE, STATUS_BY_ERRNO, UPLOAD_PIECE, Exchange, Refused
-from .http_routes import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
+from ..core.access import Access, Identity, check, may
+from ..settings import HTTPSettings
+from .door import READ_SIZE, STATUS_BY_ERRNO, UPLOAD_PIECE, Exchange, Refused
+from .native import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
                           primary_gid)
-from .namespace import Directory, Namespace, Node, OpenStream, StreamFile, fail
-from .reader import ReaderDisconnected
-from .stream import StreamClosed
+from ..core.tree import Directory, Tree, Node, OpenStream, StreamFile, fail
+from ..core.reader import ReaderDisconnected
+from ..core.stream import StreamClosed
 
 __all__ = ["AGFSRoutes", "Handles"]
 
@@ -63,7 +63,7 @@ USE_STREAM_MODE = "use stream mode for reading stream files"
 PLUGIN_NAME = "streamfs"
 
 #: The AGFS API: path -> {method: the AGFSRoutes method that answers it}. Each
-#: is a translation onto the namespace and stream calls the native routes use.
+#: is a translation onto the tree and stream calls the native routes use.
 API_ROUTES: dict[bytes, dict[bytes, str]] = {
     b"/api/v1/health": {b"GET": "_api_health"},
     b"/api/v1/ready": {b"GET": "_api_health"},
@@ -109,9 +109,9 @@ O_ACCMODE, O_WRONLY, O_RDWR, O_CREATE, O_EXCL = 3, 1, 2, 0o100, 0o200
 class AGFSRoutes:
     """The AGFS API in front of the native routes."""
 
-    def __init__(self, namespace: Namespace, settings: HTTPSettings) -> None:
-        self.namespace = namespace
-        self.native = NativeRoutes(namespace, settings)
+    def __init__(self, tree: Tree, settings: HTTPSettings) -> None:
+        self.tree = tree
+        self.native = NativeRoutes(tree, settings)
         self.read_only = settings.read_only
         #: Where the tree appears in the AGFS API (AGFS's mount path), and its names.
         self._agfs_names = parse_path(os.fsencode(settings.agfs_path))
@@ -169,7 +169,7 @@ class AGFSRoutes:
         if inside is None:
             raise Refused(404, agfs_message(op, path, errno.ENOENT))
         with agfs_errors(op, path):
-            return self.namespace.resolve(inside, exchange.identity)
+            return self.tree.resolve(inside, exchange.identity)
 
     def _under_mount(self, names: list[bytes]) -> list[bytes] | None:
         """``names`` relative to the AGFS mount path, or None when not under it."""
@@ -198,10 +198,10 @@ class AGFSRoutes:
         """Stream with ``stream=true`` (history, then live until rm), else what the ring holds."""
         path, names = self._api_names(params, "read")
         with agfs_errors("read", path):
-            node = self.namespace.resolve(names, exchange.identity)
+            node = self.tree.resolve(names, exchange.identity)
             if isinstance(node, Directory):
                 raise fail(errno.EISDIR)
-            self.namespace.open_check(exchange.identity, node, read=True, write=False)
+            self.tree.open_check(exchange.identity, node, read=True, write=False)
         if params.get("stream") == "true":
             await self.native.stream(exchange, node, b"application/octet-stream")
             return
@@ -249,7 +249,7 @@ class AGFSRoutes:
         with agfs_errors(op, path):
             parent = self._parent(exchange, names)
             try:
-                await self.namespace.create(kind, parent, names[-1], mode, identity.uid,
+                await self.tree.create(kind, parent, names[-1], mode, identity.uid,
                                             primary_gid(identity, parent), identity=identity)
             except FileExistsError:
                 existing = parent.entries.get(names[-1])
@@ -320,7 +320,7 @@ class AGFSRoutes:
             elif isinstance(node, Directory):
                 raise Refused(400, "cannot touch directory")
             else:
-                await self.namespace.setattr(node, touch=True, identity=exchange.identity)
+                await self.tree.setattr(node, touch=True, identity=exchange.identity)
         await exchange.reply_json(200, {"message": "touched"}, newline=True)
 
     async def _api_rename(self, exchange, params, body) -> None:
@@ -337,10 +337,10 @@ class AGFSRoutes:
         if new_names is None or not names or not new_names:
             raise Refused(400, "cannot rename: paths not in same mounted filesystem")
         with agfs_errors("rename", path):
-            await self.namespace.rename(self._parent(exchange, names), names[-1],
+            await self.tree.rename(self._parent(exchange, names), names[-1],
                                         self._parent(exchange, new_names), new_names[-1],
                                         identity=exchange.identity)
-        await self.namespace.settle()
+        await self.tree.settle()
         await exchange.reply_json(200, {"message": "renamed"}, newline=True)
 
     async def _api_chmod(self, exchange, params, body) -> None:
@@ -350,8 +350,8 @@ class AGFSRoutes:
         if type(mode) is not int or not 0 <= mode <= 0o7777:
             raise Refused(400, "invalid mode")
         with agfs_errors("chmod", path):
-            node = self.namespace.resolve(names, exchange.identity)
-            await self.namespace.setattr(node, mode=mode, identity=exchange.identity)
+            node = self.tree.resolve(names, exchange.identity)
+            await self.tree.setattr(node, mode=mode, identity=exchange.identity)
         await exchange.reply_json(200, {"message": "permissions changed"}, newline=True)
 
     async def _api_truncate(self, exchange, params, body) -> None:
@@ -363,7 +363,7 @@ class AGFSRoutes:
         if int_param(params, "size", 0) < 0:
             raise Refused(400, "size must be non-negative")
         with agfs_errors("truncate", path):
-            node = self.namespace.resolve(names, exchange.identity)
+            node = self.tree.resolve(names, exchange.identity)
             if isinstance(node, Directory):
                 raise fail(errno.EISDIR)
             check(exchange.identity, Access.WRITE, node)
@@ -466,7 +466,7 @@ class AGFSRoutes:
             if not names:
                 raise fail(errno.EISDIR)
             parent = self._parent(exchange, names)
-            opened, _ = await self.namespace.open_name(
+            opened, _ = await self.tree.open_name(
                 parent, names[-1], read=access != O_WRONLY, write=write,
                 create=bool(flags & O_CREATE), exclusive=bool(flags & O_EXCL), mode=UPLOAD_MODE,
                 uid=identity.uid, gid=primary_gid(identity, parent), identity=identity)
@@ -792,7 +792,7 @@ def agfs_message(op: str, path: str, error: int, kind: str | None = None) -> str
 
 @contextmanager
 def agfs_errors(op: str, path: str):
-    """Turn the namespace's OSError into AGFS's error text and the status of its error type
+    """Turn the tree's OSError into AGFS's error text and the status of its error type
     (404, 409, 403, 400: AGFS's streamfs answers every error 500, its server maps typed ones)."""
     try:
         yield
