@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import require_fuse
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 
 
 def test_quick_benchmark_runs_every_workload(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from conftest import require_fuse, wait_until
 from streamfs_fuse.mount import is_mounted
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = Path(sys.executable).parent / "streamfs-fuse"
 
 
