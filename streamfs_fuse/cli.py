@@ -9,8 +9,8 @@ import sys
 import textwrap
 from typing import Any
 
-from .settings import (SETTINGS, ConfigError, MountConfig, check_backend, check_http,
-                     load_config_file, parse_mount_options, sections_from, show)
+from .settings import (SETTINGS, ConfigError, MountConfig, load_config_file, parse_mount_options,
+                       sections_from, show, validate)
 from .mount import MountError, mount
 
 __all__ = ["main"]
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Tree) -> MountConfig:
+def config_from_args(args: argparse.Namespace) -> MountConfig:
     # Parsed values by setting name; later sources override earlier ones.
     values: dict[str, Any] = {}
     if args.config:
@@ -76,15 +76,14 @@ def config_from_args(args: argparse.Tree) -> MountConfig:
     values.update(options)
     values.update({s.name: s.parse(value, s.flag)
                    for s in SETTINGS if (value := getattr(args, s.name)) is not None})
-    sections = sections_from(values)
-    check_http(sections["http"])
-    check_backend(sections["settings"], sections["backend"])
     if args.source and not any(o.startswith("fsname=") for o in fuse_options):
         fuse_options.add(f"fsname={args.source}")
-    return MountConfig(
-        mountpoint=args.mountpoint, **sections, fuse_options=fuse_options,
+    config = MountConfig(
+        mountpoint=args.mountpoint, **sections_from(values), fuse_options=fuse_options,
         foreground=args.foreground or args.debug, debug=args.debug, verbosity=args.verbose,
     )
+    validate(config)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from humanfriendly.text import tokenize
 
 __all__ = ["BackendSettings", "ConfigError", "MountConfig", "Setting", "SETTINGS", "parse_size",
            "parse_address", "parse_token_file", "parse_switch", "parse_mount_options", "load_config_file",
-           "sections_from", "check_backend", "check_http", "HTTPSettings",
+           "sections_from", "validate", "read_secret", "HTTPSettings",
            "token_in_the_clear", "Join", "SlowReaderPolicy", "StreamSettings", "physical_memory"]
 
 
@@ -289,25 +289,36 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def read_secret(path: str) -> str:
+    """The first line of ``path``, stripped: how every token and password file is read.
+
+    Raises OSError if the file cannot be read, ValueError if its first line is
+    not text or is empty.
+    """
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16)
+    try:
+        secret = first.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} does not hold a token: its first line is not text") from None
+    if not secret:
+        raise ValueError(f"{path} holds no token: its first line is empty")
+    return secret
+
+
 def parse_token_file(value: Any, what: str) -> str:
-    """The absolute path of a readable file whose first line is a token.
+    """The absolute path of a readable file whose first line is a token or password.
 
     Absolute because the daemon changes to / before it reads the file.
     """
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what}: expected the path of a file holding a token, got {value!r}")
     try:
-        with open(value, "rb") as f:
-            first = f.readline(1 << 16)
+        read_secret(value)
     except OSError as e:
         raise ConfigError(f"{what}: cannot read {value}: {e.strerror}") from None
-    try:
-        token = first.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"{what}: {value} does not hold a token: its first line is not text") from None
-    if not token:
-        raise ConfigError(f"{what}: {value} holds no token: its first line is empty")
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
     return os.path.abspath(value)
 
 
@@ -544,16 +555,12 @@ def sections_from(values: dict[str, Any]) -> dict[str, Any]:
             for section, cls in SECTIONS.items()}
 
 
-def check_backend(settings: StreamSettings, backend: BackendSettings) -> None:
-    """Settings that cannot work with a backend."""
-    if backend.url and settings.ring_buffer_size == 0:
+def validate(config: MountConfig) -> None:
+    """The rules across settings, which no single setting's parser can see."""
+    if config.backend.url and config.settings.ring_buffer_size == 0:
         raise ConfigError("--ring-buffer-size 0 cannot work with --backend: the ring in Redis "
                           "is what every host reads the stream from")
-
-
-def check_http(http: HTTPSettings) -> None:
-    """Rules across the HTTP settings: off the loopback interface, a token is required,
-    and with --http-require-tls, TLS too."""
+    http = config.http
     tcp = any(not isinstance(address, str) for address in http.addresses)
     if tcp and (http.cert_file is None) != (http.key_file is None):
         raise ConfigError("--http-cert and --http-key go together: give both, or neither")
