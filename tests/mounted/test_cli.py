@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_user, require_fuse, wait_until
 from streamfs_fuse.cli import build_parser, config_from_args
 from streamfs_fuse.settings import (SECTIONS, SETTINGS, BackendSettings, ConfigError, HTTPSettings,
                                   MountConfig)
-from streamfs_fuse.mount import is_mounted
 from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
+from streamfs_fuse.testing import as_user, is_mounted, wait_until
 
 CLI = [sys.executable, "-m", "streamfs_fuse"]
 
@@ -557,8 +556,7 @@ def daemon_pids(mountpoint):
     return pids
 
 
-def test_cli_daemon_returns_when_mounted_and_exits_on_unmount(tmp_path):
-    require_fuse()
+def test_cli_daemon_returns_when_mounted_and_exits_on_unmount(tmp_path, fuse_device):
     mountpoint = tmp_path / "bg"
     mountpoint.mkdir()
     result = run_cli(mountpoint, "--ring-buffer-size=1MB")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_parked, wait_until, xattr
+from streamfs_fuse.testing import wait_parked, wait_until, xattr
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_fuse, wait_until
+from streamfs_fuse.testing import wait_until
 from streamfs_fuse.mount import is_mounted
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +32,7 @@ def on_standard_path():
 
 
 @pytest.fixture
-def mountpoint(tmp_path):
-    require_fuse()
+def mountpoint(tmp_path, fuse_device):
     path = tmp_path / "mnt"
     path.mkdir()
     yield path

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import wait_parked, xattr
+from streamfs_fuse.testing import wait_parked, xattr
 
 #: GNU tail polls a file on FUSE (a "remote" file system) about once a second.
 TAIL_DEADLINE = 10.0

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import as_user
+from streamfs_fuse.testing import as_user
 
 # Runs as the unprivileged user: executes one operation per line of JSON on
 # stdin and answers each with "ok" or the errno name, never failing itself.

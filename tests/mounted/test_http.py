@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DAEMON, REQUIRE_MOUNT, accepts, as_user, free_port, require_fuse,
-                      wait_parked, wait_until, xattr)
-from streamfs_fuse.mount import is_mounted
+from streamfs_fuse.testing import (DAEMON, REQUIRE_MOUNT, accepts, as_user, free_port, is_mounted,
+                                   wait_parked, wait_until, xattr)
 
 # -- helpers ------------------------------------------------------------------
 
@@ -834,7 +833,6 @@ def test_read_only(http_mount):
 
 def refused_at_start(tmp_path, *args) -> str:
     """The one line of error a daemon started with ``args`` exits 2 with, mounting nothing."""
-    require_fuse()
     path = tmp_path / "mnt"
     path.mkdir()
     try:
@@ -850,11 +848,11 @@ def refused_at_start(tmp_path, *args) -> str:
             subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
 
 
-def test_public_address_without_token_is_refused(tmp_path):
+def test_public_address_without_token_is_refused(tmp_path, fuse_device):
     assert "--http-token" in refused_at_start(tmp_path, "--http", f"0.0.0.0:{free_port()}")
 
 
-def test_token_file_that_others_may_read_is_refused(tmp_path):
+def test_token_file_that_others_may_read_is_refused(tmp_path, fuse_device):
     token = write_token(tmp_path, mode=0o644)
     line = refused_at_start(tmp_path, "--http", f"127.0.0.1:{free_port()}",
                             "--http-token", str(token))

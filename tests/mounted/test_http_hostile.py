@@ -20,8 +20,7 @@ import sys
 import threading
 import time
 
-from conftest import accepts, free_port, wait_parked, xattr
-from streamfs_fuse.mount import is_mounted
+from streamfs_fuse.testing import accepts, free_port, is_mounted, wait_parked, xattr
 from test_http import call, dechunk, open_get, read_head, until
 
 MiB = 1 << 20

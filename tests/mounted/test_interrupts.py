@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import wait_parked, wait_until, xattr
+from streamfs_fuse.testing import wait_parked, wait_until, xattr
 
 
 def blocked_cat(mnt, name="idle"):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import wait_until, xattr
+from streamfs_fuse.testing import wait_until, xattr
 from streamfs_fuse.mount import heap_on_huge_pages, is_mounted
 
 

@@ -9,7 +9,7 @@ from functools import partial
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import accepts, as_user, free_port, wait_until, xattr
+from streamfs_fuse.testing import accepts, as_user, free_port, wait_until, xattr
 from test_http import TOKEN, call, write_token
 
 until = partial(wait_until, timeout=30.0)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import wait_parked, wait_until, xattr
+from streamfs_fuse.testing import wait_parked, wait_until, xattr
 
 from streamfs_fuse.core.chunk import CHUNK_OVERHEAD
 

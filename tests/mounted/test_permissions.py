@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import Mount, require_fuse
+from streamfs_fuse.testing import Mount
 from streamfs_fuse.core.access import NOBODY, ROOT, Access, Identity, check, check_set_settings
 from streamfs_fuse.core.tree import Directory, Tree, StreamFile
 from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
@@ -475,9 +475,8 @@ def fuse_request(case: Case, top: Path) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def fuse_table():
+def fuse_table(fuse_device):
     """One mount for the whole table: every row has its own directory in it."""
-    require_fuse()
     if os.geteuid() != 0:
         pytest.skip("acting as other users needs root")
     base = Path(tempfile.mkdtemp(prefix="streamfs-perm-"))

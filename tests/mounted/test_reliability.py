@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import as_user, wait_parked, wait_until, xattr
+from streamfs_fuse.testing import as_user, wait_parked, wait_until, xattr
 
 
 

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import DAEMON, as_user, wait_until, xattr
+from streamfs_fuse.testing import DAEMON, as_user, wait_until, xattr
 
 
 def table(output: str) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import trustme
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from conftest import DAEMON, accepts, free_port, wait_until, xattr
+from streamfs_fuse.testing import DAEMON, accepts, free_port, wait_until, xattr
 from test_http import AUTH, TOKEN, write_token
 
 until = partial(wait_until, timeout=30.0)

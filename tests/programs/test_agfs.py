@@ -23,7 +23,7 @@ import trio
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from conftest import accepts, free_port, wait_parked, wait_until, xattr
+from streamfs_fuse.testing import accepts, free_port, wait_parked, wait_until, xattr
 from streamfs_fuse.core.access import ROOT
 from streamfs_fuse.http.agfs import AGFSRoutes
 from streamfs_fuse.settings import HTTPSettings

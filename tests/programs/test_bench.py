@@ -5,13 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import require_fuse
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 
 
-def test_quick_benchmark_runs_every_workload(tmp_path):
-    require_fuse()
+def test_quick_benchmark_runs_every_workload(tmp_path, fuse_device):
     result = subprocess.run([sys.executable, BENCH, "--quick", "--repeats", "1", "--out", tmp_path],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr

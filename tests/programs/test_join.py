@@ -19,7 +19,7 @@ import time
 import pytest
 import trio
 
-from conftest import REQUIRE_MOUNT, free_port, accepts, wait_until, xattr
+from streamfs_fuse.testing import REQUIRE_MOUNT, accepts, free_port, wait_until, xattr
 from streamfs_fuse.core.mpegts import PACKET, KeyframeIndex
 from streamfs_fuse.core.stream import Stream
 from streamfs_fuse.settings import Join, StreamSettings

@@ -14,7 +14,7 @@ from functools import partial
 
 import pytest
 
-from conftest import REQUIRE_MOUNT, accepts, free_port, wait_until
+from streamfs_fuse.testing import REQUIRE_MOUNT, accepts, free_port, wait_until
 
 until = partial(wait_until, timeout=60.0, interval=0.2)
 

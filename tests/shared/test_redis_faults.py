@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from conftest import wait_until, xattr
-from redis_servers import RedisServer, cli, scan, stray_keys
+from streamfs_fuse.testing import RedisServer, cli, scan, stray_keys, wait_until, xattr
 
 #: Seconds a write waits for Redis, and a stall longer than that (but shorter
 #: than twice that, so that a write in the stall is settled before it answers).

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from redis_servers import cli
+from streamfs_fuse.testing import cli
 
 
 def test_restart_comes_back_empty(redis_server):

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import wait_until, xattr
-from redis_servers import cli
+from streamfs_fuse.testing import cli, wait_until, xattr
 from streamfs_fuse.stores.redis.store import shard_of
 
 

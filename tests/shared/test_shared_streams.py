@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from conftest import DAEMON, REQUIRE_MOUNT, accepts, free_port, wait_until, xattr
-from redis_servers import cli, stray_keys
+from streamfs_fuse.testing import (DAEMON, REQUIRE_MOUNT, accepts, cli, free_port, stray_keys,
+                                   wait_until, xattr)
 from test_redis_faults import remove_everything
 
 # Enough history that late joiners get everything a test writes.

@@ -1,4 +1,4 @@
-"""Real Redis servers for tests: a standalone ``redis-server`` and a Redis Cluster.
+"""Real Redis servers: a standalone ``redis-server`` and a Redis Cluster, and redis-cli.
 
 Every server is a ``redis-server --daemonize no`` started with subprocess.Popen
 on a free loopback port, without persistence, and stopped by its PID.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import free_port, wait_until
+from .net import free_port
+from .waits import wait_until
 
 
 def cli(port: int, *args) -> str:
