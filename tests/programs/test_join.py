@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 
 import pytest
 import trio
@@ -184,6 +183,15 @@ def video_packets(path):
             if p.get("pos", "N/A") != "N/A" and p.get("pts_time", "N/A") != "N/A"]
 
 
+def media_seconds(path):
+    """Seconds of video in the MPEG-TS file ``path`` so far, as it grows (0 before any)."""
+    out = subprocess.run(["ffprobe", "-v", "quiet", "-select_streams", "v", "-show_entries",
+                          "packet=pts_time", "-of", "compact=p=0", str(path)],
+                         capture_output=True, text=True, timeout=60).stdout
+    pts = [float(p["pts_time"]) for p in compact(out) if p.get("pts_time", "N/A") != "N/A"]
+    return max(pts) - min(pts) if pts else 0
+
+
 def decoder_errors(path):
     done = subprocess.run(["ffmpeg", "-hide_banner", "-v", "error", "-i", str(path),
                            "-f", "null", "-"], capture_output=True, text=True, timeout=60)
@@ -204,7 +212,9 @@ def test_keyframe_joiner_of_a_10s_gop_starts_on_a_picture_less_than_a_gop_behind
                         "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={FPS}:duration=24",
                         "-f", "lavfi", "-i", "sine=duration=24", *X264_10S_GOP, "-c:a", "mp2",
                         "-flush_packets", "1", "-f", "mpegts", str(path)])
-    time.sleep(4)  # about 16 s of media written
+    # Past the 10 s keyframe, well before the 20 s one (1.75 s away at 4x).
+    wait_until(lambda: media_seconds(whole) >= 13, timeout=60, interval=0.1,
+               what="13 s of media through the first reader")
     live_edge = xattr(path, "bytes_written")
     with open(late, "wb") as out:
         mnt.spawn(["cat", str(path)], stdout=out)
