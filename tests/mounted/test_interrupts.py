@@ -77,6 +77,14 @@ print(n, ctypes.get_errno(), buf.raw[:max(n, 0)].decode(), len(caught), flush=Tr
 """
 
 
+def pending_signals(pid: int) -> set[int]:
+    """The signals pending on process ``pid`` (its own and its main thread's)."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    mask = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return {bit + 1 for bit in range(64) if mask >> bit & 1}
+
+
 def test_harmless_signals_do_not_interrupt_a_read(mnt):
     path = mnt / "idle"
     path.touch()
@@ -86,7 +94,12 @@ def test_harmless_signals_do_not_interrupt_a_read(mnt):
     wait_parked(path)
     reader.send_signal(signal.SIGWINCH)
     reader.send_signal(signal.SIGCHLD)
-    time.sleep(1.5)  # several checks of the watcher
+    wait_until(lambda: {signal.SIGWINCH, signal.SIGCHLD} <= pending_signals(reader.pid),
+               what="both signals pending on the parked reader")
+    # Nothing to wait for: the read must last through several of the watcher's
+    # checks (one every 0.2 s or more) while the signals stay pending.
+    time.sleep(1.5)
+    assert {signal.SIGWINCH, signal.SIGCHLD} <= pending_signals(reader.pid)
     assert reader.poll() is None, "the read ended on a harmless signal"
     path.write_bytes(b"data")
     out, _ = reader.communicate(timeout=5)

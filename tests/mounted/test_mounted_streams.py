@@ -239,7 +239,7 @@ def test_ls_stat_and_getfattr(mnt):
         assert st.st_size == 1024 and st.st_blocks == 2
         assert st.st_uid == os.getuid() and st.st_nlink == 1
         before = st.st_mtime_ns
-        time.sleep(0.02)
+        wait_until(lambda: time.time_ns() > before, what="the clock past the first write")
         writer.write(b"z")
         assert os.stat(path).st_mtime_ns > before
         dump = subprocess.run(["getfattr", "-d", path], capture_output=True, text=True,
