@@ -1,4 +1,4 @@
-"""The real Redis servers of tests/redis_servers.py: start, restart empty, stop, fail over."""
+"""The harness's Redis servers (streamfs_fuse.testing.redis): start, restart, stop, fail over."""
 
 import os
 
