@@ -19,7 +19,6 @@ import socket
 import ssl
 import stat
 import sys
-from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -32,10 +31,8 @@ from .settings import (BackendSettings, HTTPSettings, MountConfig, is_loopback,
 from .fuse.operations import StreamFS
 from .http.door import HTTPDoor
 from .logs import INTERVAL, RepeatedLog
-from .core.tree import Tree
-
-if TYPE_CHECKING:
-    from .stores.redis.store import RedisStore
+from .core.memory import MemoryStore
+from .core.tree import Tree, TreeStore
 
 __all__ = ["MountError", "mount", "is_mounted"]
 
@@ -87,27 +84,29 @@ def mount(config: MountConfig) -> int:
     check_fuse_device()
     raise_file_limit()
     keep_request_buffers_off_the_heap()
-    store = shared_store(config.backend)
-    tree = Tree(config.settings, os.getuid(), os.getgid())
+    # The tree is kept by its store: this host's alone, or shared with every
+    # host that names the same Redis (--backend), which orders its changes.
+    tree = Tree(config.settings, os.getuid(), os.getgid(), store=store_for(config.backend))
     fs = StreamFS(tree)
     door = http_door(config.http, tree, fs)
     options = fuse_options(config)
     if config.foreground:
         setup_logging(config, background=False)
         start(fs, mountpoint, options)
-        return serve(fs, door, store, mountpoint)
-    return daemonize(fs, door, store, mountpoint, options, config)
+        return serve(fs, door, mountpoint)
+    return daemonize(fs, door, mountpoint, options, config)
 
 
-def shared_store(backend: BackendSettings) -> RedisStore | None:
-    """The Redis store, if asked for, once Redis has answered."""
+def store_for(backend: BackendSettings) -> TreeStore:
+    """Where the tree and its streams are kept: in memory, or shared through
+    Redis (once it has answered) with every host that names the same one."""
     if backend.url is None:
-        return None
+        return MemoryStore()
     # Imported here: coredis takes 0.6 s to import, which a mount without
     # a backend should not pay.
-    from .stores.redis.store import BackendError, RedisStore, check_backend
+    from .stores.redis import BackendError, RedisStore, probe_backend
     try:
-        check_backend(backend)
+        probe_backend(backend)
         return RedisStore(backend)
     except BackendError as e:
         raise MountError(str(e)) from None
@@ -294,23 +293,21 @@ def start(fs: StreamFS, mountpoint: str, options: set[str]) -> None:
     log.info("mounted on %s", mountpoint)
 
 
-def serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
-          mountpoint: str) -> int:
+def serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> int:
     """Serve requests until a signal or an unmount, then unmount."""
     try:
-        trio.run(_serve, fs, door, store, mountpoint)
+        trio.run(_serve, fs, door, mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
     return 0
 
 
-async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
-                 mountpoint: str) -> None:
+async def _serve(fs: StreamFS, door: HTTPDoor | None, mountpoint: str) -> None:
+    store = fs.tree.store
     async with trio.open_nursery() as nursery:
-        if store is not None:
-            # The shared tree is loaded before the first request is answered.
-            await nursery.start(store.run, fs.tree)
+        # A shared tree is loaded before the first request is answered.
+        await nursery.start(store.run)
         nursery.start_soon(_stop_on_signal, fs, door)
         nursery.start_soon(keep_running, "the unmount watcher", _watch_unmount, fs, mountpoint)
         nursery.start_soon(keep_running, "the signal watcher", fs.signals.run)
@@ -325,8 +322,7 @@ async def _serve(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None,
             # /dev/fuse says ECONNABORTED once a lazy unmount lets the
             # connection go: the session is over, which is what we wanted.
             pass
-        if store is not None:
-            await store.withdraw()
+        await store.withdraw()
         nursery.cancel_scope.cancel()
 
 
@@ -410,7 +406,7 @@ async def _watch_unmount(fs: StreamFS, mountpoint: str) -> None:
     fs.close_all_streams()
 
 
-def daemonize(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None, mountpoint: str,
+def daemonize(fs: StreamFS, door: HTTPDoor | None, mountpoint: str,
               options: set[str], config: MountConfig) -> int:
     """Mount in a background child; return once the mount is ready or failed."""
     ready_read, ready_write = os.pipe()
@@ -440,7 +436,7 @@ def daemonize(fs: StreamFS, door: HTTPDoor | None, store: RedisStore | None, mou
         setup_logging(config, background=True)
         os.write(ready_write, b"ready")
         os.close(ready_write)
-        code = serve(fs, door, store, mountpoint)
+        code = serve(fs, door, mountpoint)
     except BaseException:
         log.exception("the daemon failed")
     finally:

@@ -12,6 +12,7 @@ from typing import Protocol
 import trio
 
 from ..settings import Join, SlowReaderPolicy, StreamSettings
+from .memory import MemoryLog
 from .budget import MemoryBudget
 from .chunk import Chunk, footprint_of
 from .mpegts import KeyframeIndex
@@ -20,7 +21,7 @@ from .ring import RingBuffer
 from .wait import Waiter
 
 __all__ = [
-    "FANOUT_SLICE", "SharedLog", "StreamStatistics",
+    "FANOUT_SLICE", "SharedTotals", "StreamLog", "StreamStatistics",
     "Stream", "StreamClosed", "Writer",
 ]
 
@@ -89,18 +90,28 @@ class StreamClosed(Exception):
     """The stream was removed: it takes no more data."""
 
 
-class SharedLog(Protocol):
-    """Where a stream that spans hosts is ordered: every host's writes go in,
-    and while this host has readers it follows the log and delivers each chunk
-    to them with :meth:`Stream.accept`, the end with :meth:`Stream.close`.
+class StreamLog(Protocol):
+    """Where a stream's chunks are ordered: the seam between a stream and its store.
+
+    In memory (``stores/memory.py``) a write is delivered here at once. A log
+    that spans hosts takes every host's writes, and while this host has
+    readers it follows the log and delivers each chunk to them through the
+    stream's follower side (:meth:`Stream.accept`, :meth:`Stream.deliver`,
+    the end with :meth:`Stream.close`).
     """
+
+    #: Whether other hosts write and read the stream too: its totals are the store's.
+    shared: bool
 
     async def append(self, data: bytes, waiter: Waiter) -> None:
         """Append one chunk; raise :class:`StreamClosed` once the stream was removed.
 
-        A wait for other hosts' readers parks through ``waiter``
+        A wait (for readers here, or other hosts') parks through ``waiter``
         (:meth:`Stream.park_writer`), so it can be interrupted.
         """
+
+    def writable(self) -> bool:
+        """Whether an append would be answered at once."""
 
     async def follow(self) -> None:
         """Return once this host's ring holds the log's history and live chunks follow it."""
@@ -109,13 +120,17 @@ class SharedLog(Protocol):
         """This host's last reader left."""
 
     def end(self) -> None:
-        """The stream was removed: end the log after what is in it."""
+        """The stream was removed: end the log after what is in it.
+
+        This host's readers get EOF once they reach that end (:meth:`Stream.close`).
+        """
 
     def count(self, figure: str, delta: int) -> None:
         """Add ``delta`` to the hosts' total of ``figure`` ("readers" or "writers")."""
 
     async def totals(self) -> SharedTotals | None:
-        """The stream's figures across every host, or None if the store cannot say now."""
+        """The stream's figures across every host; None if this host's are all there
+        is, or the store cannot say now."""
 
 
 class Writer:
@@ -145,8 +160,7 @@ class Writer:
             stream = self.stream
             stream.writers -= 1
             stream.writable_watchers.pop(self, None)
-            if stream.log is not None:
-                stream.log.count("writers", -1)
+            stream.log.count("writers", -1)
 
 
 class Stream:
@@ -161,9 +175,11 @@ class Stream:
     memory cap or for its turn) parks through the handle's :class:`Waiter`,
     and :meth:`close` wakes them all.
 
-    A stream with a :class:`SharedLog` spans hosts: writes go to the log, and
-    the chunks come back in the log's order through :meth:`accept`, here and
-    on every other host, so that each host's ring mirrors the log's.
+    Writes go to the stream's :class:`StreamLog`. In memory it delivers them
+    here at once; a shared log orders them for every host, and the chunks come
+    back in the log's order through the follower side (:meth:`accept`,
+    :meth:`deliver`, :meth:`follow_from`), here and on every other host, so
+    that each host's ring mirrors the log's.
     """
 
     def __init__(self, name: str, settings: StreamSettings,
@@ -190,11 +206,11 @@ class Stream:
         self.waiting_writes = 0
         #: No more writes; and no more chunks for readers, who get EOF once drained.
         self.closed = False
-        #: A shared stream was removed: no more writes here, while its readers
-        #: go on to the end of the log (then it is closed).
+        #: The stream was removed: no more writes here, while its readers go
+        #: on to the end of its log (then it is closed).
         self.removed = False
-        #: Set when the stream spans hosts (see :class:`SharedLog`).
-        self.log: SharedLog | None = None
+        #: Where its chunks are ordered; a tree with a shared store sets its own.
+        self.log: StreamLog = MemoryLog(self)
         self.totals: SharedTotals | None = None
         self._reader_ids = itertools.count(1)
         # Chunks missed per reader id, and bytes in all, since the last drop warning.
@@ -226,8 +242,12 @@ class Stream:
 
     def writable(self) -> bool:
         """Whether a write would be answered at once (or fail at once, once closed)."""
-        if self.closed or self.log is not None or self.policy is not SlowReaderPolicy.BLOCK:
-            return True  # a shared stream's writes wait for no reader
+        return self.closed or self.log.writable()
+
+    def room_for_writes(self) -> bool:
+        """Whether a write delivered here (:meth:`accept`) would not wait for a reader."""
+        if self.policy is not SlowReaderPolicy.BLOCK:
+            return True
         return not self._write_queue and all(
             r.lossy or r.backlog < r.capacity for r in self.readers)
 
@@ -263,15 +283,13 @@ class Stream:
             reader.end()
         else:
             self.readers[reader] = None
-        if self.log is not None:
-            self.log.count("readers", 1)
+        self.log.count("readers", 1)
         return reader
 
     async def join(self, waiter: Waiter | None = None, *, lossy: bool = False,
                    join: Join | None = None) -> Reader:
         """:meth:`open_reader`, once this host holds the history of a shared stream."""
-        if self.log is not None:
-            await self.log.follow()
+        await self.log.follow()
         return self.open_reader(waiter, lossy=lossy, join=join)
 
     def _history_for(self, join: Join) -> list[Chunk]:
@@ -310,16 +328,14 @@ class Stream:
         self.budget.readers.discard(reader)
         if self.readers.pop(reader, False) is None:
             self._leave(reader)
-        if self.log is not None:
-            self.log.count("readers", -1)
-            if not self.readers:
-                self.log.unfollow()
+        self.log.count("readers", -1)
+        if not self.readers:
+            self.log.unfollow()
         self.notify_writable()
 
     def open_writer(self, waiter: Waiter | None = None) -> Writer:
         self.writers += 1
-        if self.log is not None:
-            self.log.count("writers", 1)
+        self.log.count("writers", 1)
         return Writer(self, waiter or Waiter())
 
     # -- writing -------------------------------------------------------------
@@ -341,11 +357,23 @@ class Stream:
             raise StreamClosed(self.name)
         if not data:
             return 0
-        if self.log is not None:
-            await self.log.append(data, waiter)
-        else:
-            await self.accept(data, waiter)
+        await self.log.append(data, waiter)
         return len(data)
+
+    # -- the follower's side: a log delivers here --------------------------
+    # A log in memory calls accept() for each write; a shared log's follower
+    # calls follow_from() as it begins to mirror the log, then deliver() or
+    # accept() for each chunk in the log's order, close() at its end, and
+    # unfollowed() once this host stops following.
+
+    def follow_from(self, offset: int) -> None:
+        """The log is mirrored from stream offset ``offset`` on: the ring starts empty there."""
+        self.ring.clear()
+        self.bytes_written = offset
+
+    def unfollowed(self) -> None:
+        """This host no longer follows the log: its mirror of the ring goes."""
+        self.ring.clear()
 
     def accepts_now(self, size: int) -> bool:
         """Whether :meth:`accept` of ``size`` bytes would deliver without waiting."""
@@ -572,12 +600,10 @@ class Stream:
     def remove(self) -> None:
         """rm: the stream takes no more data, and its readers end after what was written.
 
-        A shared stream's log is ended; this host's readers get EOF when the
-        follower reaches that end, after every chunk written before it.
+        Its log is ended; the readers get EOF once they reach that end, after
+        every chunk written before it (in memory: at once).
         """
-        if self.log is None:
-            self.close()
-        elif not self.removed and not self.closed:
+        if not self.removed and not self.closed:
             self.removed = True
             self.log.end()
             self.notify_writable()
@@ -600,8 +626,7 @@ class Stream:
 
     async def refresh(self) -> None:
         """Fetch a shared stream's totals across hosts, for :meth:`statistics`."""
-        if self.log is not None:
-            self.totals = await self.log.totals() or self.totals
+        self.totals = await self.log.totals() or self.totals
 
     @property
     def size(self) -> int:

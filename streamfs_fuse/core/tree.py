@@ -38,8 +38,9 @@ import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
-from .stream import SharedLog, Stream, Writer
+from .stream import Stream, StreamLog, Writer
 from ..settings import Join, SlowReaderPolicy, StreamSettings
+from .memory import MemoryStore
 from .wait import Waiter
 
 if TYPE_CHECKING:
@@ -130,7 +131,15 @@ Event = dict[str, Any]
 
 
 class TreeStore(Protocol):
-    """A store that orders the tree's events for every host that shares it."""
+    """Where the tree's events are ordered: the seam between the tree and its store.
+
+    In memory (``stores/memory.py``) an event is applied at once; a shared
+    store orders the events of every host that shares it, and applies them
+    here in that order.
+    """
+
+    def attach(self, tree: Tree) -> None:
+        """The store orders ``tree``'s events (called once, as the tree is made)."""
 
     async def commit(self, event: Event) -> Node | None:
         """Append ``event`` to the shared order; return what applying it here gave.
@@ -138,21 +147,31 @@ class TreeStore(Protocol):
         Raises the OSError that applying it raised.
         """
 
-    def stream_log(self, node: StreamFile) -> SharedLog:
-        """Where the chunks of the stream at ``node`` are ordered for every host."""
+    def stream_log(self, node: StreamFile) -> StreamLog:
+        """Where the chunks of the stream at ``node`` are ordered."""
+
+    # mount.py's side: the store's lifetime.
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the tree until cancelled; started once the tree is loaded."""
+
+    async def withdraw(self) -> None:
+        """Leaving: take this host's part out of what other hosts see."""
 
 
 class Tree:
     """The tree, the inode table, and the mount-wide memory budget of its streams.
 
-    Changes are made through the async methods, which commit an event: applied
-    at once here, or, with a :class:`TreeStore`, once the store has ordered it.
+    Changes are made through the async methods, which commit an event through
+    the :class:`TreeStore` (by default in memory): applied once the store has
+    ordered it.
     """
 
     def __init__(self, settings: StreamSettings, uid: int, gid: int,
                  store: TreeStore | None = None) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store or MemoryStore()
+        self.store.attach(self)
         self.budget = MemoryBudget(settings.max_memory)
         self.root = Directory(inode=ROOT_INODE, mode=stat.S_IFDIR | 0o755, uid=uid, gid=gid,
                               parent=None, name=b"", holds=1)
@@ -442,8 +461,6 @@ class Tree:
 
     async def _commit(self, event: Event) -> Any:
         event.setdefault("time", time.time_ns())
-        if self.store is None:
-            return self.apply(event)
         return await self.store.commit(event)
 
     def apply(self, event: Event, inode: int | None = None) -> Node | None:
@@ -493,8 +510,7 @@ class Tree:
                     parent=parent, name=name, atime_ns=self._now)
         if isinstance(node, StreamFile):
             node.stream = Stream(self.path(node), self.settings, self.budget)
-            if self.store is not None:
-                node.stream.log = self.store.stream_log(node)
+            node.stream.log = self.store.stream_log(node)
             if self.closed:
                 node.stream.close()
             log.info("stream %r created", node.stream.name)

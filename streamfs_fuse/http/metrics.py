@@ -333,7 +333,7 @@ def label_of(path: bytes) -> str:
 
 async def refresh(streams: list[Stream]) -> None:
     """Fetch the totals across hosts of the shared streams among ``streams``."""
-    shared = [stream for stream in streams if stream.log is not None]
+    shared = [stream for stream in streams if stream.log.shared]
     if not shared:
         return
     limiter = trio.CapacityLimiter(REFRESH_CONCURRENCY)

@@ -16,7 +16,6 @@ ALICE = Identity(1000, frozenset({1000}))
 async def test_a_stream_setting_is_an_event_so_every_host_has_the_same():
     store = RecordingStore()
     host_a = Tree(StreamSettings(), 0, 0, store)
-    store.tree = host_a
     node = await host_a.create(StreamFile, host_a.root, b"s", 0o644, 1000, 1000)
     await host_a.set_settings(node, slow_reader=SlowReaderPolicy.BLOCK, join=Join.parse("live"),
                              identity=ALICE)

@@ -20,6 +20,9 @@ class RecordingStore:
         self.events = []
         self.inodes = iter(range(1000, 10**6, 7))
 
+    def attach(self, tree):
+        self.tree = tree
+
     async def commit(self, event):
         inode = next(self.inodes)
         self.events.append((dict(event), inode))
@@ -30,7 +33,9 @@ class RecordingStore:
 
 
 class FakeLog:
-    """A SharedLog that keeps what is appended, for the test to deliver back."""
+    """A shared StreamLog that keeps what is appended, for the test to deliver back."""
+
+    shared = True
 
     def __init__(self, stream):
         self.stream = stream
@@ -43,6 +48,9 @@ class FakeLog:
         if self.ended:
             raise StreamClosed(self.stream.name)
         self.appended.append(data)
+
+    def writable(self):
+        return True
 
     async def follow(self):
         self.follows += 1
@@ -63,7 +71,6 @@ class FakeLog:
 def shared_namespace():
     store = RecordingStore()
     tree = Tree(StreamSettings(), uid=0, gid=0, store=store)
-    store.tree = tree
     return tree, store
 
 

@@ -79,7 +79,7 @@ from ...core.stream import SharedTotals, Stream, StreamClosed
 from ...settings import SlowReaderPolicy
 from ...core.wait import Waiter
 
-__all__ = ["BackendError", "RedisStore", "check_backend"]
+__all__ = ["BackendError", "RedisStore", "probe_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def check_backend(settings: BackendSettings) -> None:
+def probe_backend(settings: BackendSettings) -> None:
     """Raise BackendError unless Redis answers now: nothing is mounted without it."""
     async def ping() -> None:
         client = connect(settings)
@@ -459,11 +459,11 @@ class RedisStore:
 
     # -- the process around it -------------------------------------------------
 
-    async def run(self, tree: Tree, *,
-                  task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve ``tree`` until cancelled; started once its tree is loaded."""
+    def attach(self, tree: Tree) -> None:
         self.tree = tree
-        tree.store = self
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the tree until cancelled; started once the tree is loaded."""
         async with self.client, trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._check_epoch()
@@ -914,7 +914,10 @@ class Commit:
 
 
 class RedisLog:
-    """One stream's log in Redis: the :class:`~streamfs_fuse.stream.SharedLog` of ``stream``."""
+    """One stream's log in Redis: the :class:`~streamfs_fuse.core.stream.StreamLog` of
+    ``stream``, shared by every host."""
+
+    shared = True
 
     def __init__(self, store: RedisStore, stream: Stream, key: str, shard: int) -> None:
         self.store = store
@@ -950,6 +953,10 @@ class RedisLog:
     @property
     def blocking(self) -> bool:
         return self.stream.policy is SlowReaderPolicy.BLOCK
+
+    def writable(self) -> bool:
+        """Always: a write waits for no reader here (under block, for hosts in Redis)."""
+        return True
 
     async def append(self, data: bytes, waiter: Waiter) -> None:
         """One XADD whose ID is at the offset this host expects the log to end at.
@@ -1140,7 +1147,6 @@ class RedisLog:
 
     async def _load_history(self) -> None:
         stream = self.stream
-        stream.ring.clear()
         start = "-"
         last = "0-0"
         first = True
@@ -1150,7 +1156,7 @@ class RedisLog:
             for entry in entries:
                 last = entry.identifier.decode()
                 if first:
-                    stream.bytes_written = offset_of(last)
+                    stream.follow_from(offset_of(last))
                     first = False
                 self.deliver_now(last, entry.field_values)
             if len(entries) < HISTORY_PAGE:
@@ -1158,7 +1164,7 @@ class RedisLog:
             start = "(" + last
         if first:
             totals = await self.store._call(self.store.client.hget, self.meta, "bytes")
-            stream.bytes_written = int(totals or 0)
+            stream.follow_from(int(totals or 0))
         self.last = last
 
     def deliver_now(self, entry_id: str, fields: dict) -> None:
@@ -1191,7 +1197,7 @@ class RedisLog:
         shard = self.store.shards.get(self.shard)
         if shard is not None:
             shard.remove(self)
-        self.stream.ring.clear()
+        self.stream.unfollowed()
 
     def end(self) -> None:
         if not self.store._replaying:
