@@ -16,10 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from streamfs_fuse.testing import wait_parked, xattr
+from streamfs_fuse.testing import wait_parked, wait_until, xattr
 
 #: GNU tail polls a file on FUSE (a "remote" file system) about once a second.
 TAIL_DEADLINE = 10.0
@@ -65,6 +66,13 @@ def pread_exactly(fd, size, offset):
             break
         data += more
     return data
+
+
+def wait_asleep_in_poll(thread_id: int) -> None:
+    """Wait until thread ``thread_id`` of this process sleeps in select, poll or epoll_wait
+    (its kernel wait channel: poll_schedule_timeout, do_epoll_wait)."""
+    wchan = Path(f"/proc/self/task/{thread_id}/wchan")
+    wait_until(lambda: "poll" in wchan.read_text(), what="the poller asleep in the kernel")
 
 
 class Result:
@@ -241,13 +249,13 @@ def test_select_poll_epoll_sleep_while_idle_and_wake_on_a_write(mnt):
             assert waited >= 0.9, f"{name} returned after {waited:.3f}s, not the 1 s timeout"
             assert cpu < 0.05, f"the daemon used {cpu:.3f}s of CPU during an idle {name}"
 
-            def write_soon():
-                time.sleep(0.3)  # let the poller go to sleep first
+            def write_soon(poller):
+                wait_asleep_in_poll(poller)
                 written = time.monotonic()
                 os.write(writer, name.encode())
                 return written
 
-            write = Result(write_soon)
+            write = Result(write_soon, threading.get_native_id())
             ready = wait(fd, 5.0)
             woke = time.monotonic()
             written = write.get()
@@ -275,15 +283,15 @@ def test_select_writer_not_writable_while_a_blocking_reader_is_full(mount_with):
         assert os.write(writer, b"a" * 8192) == 8192
         assert select.select([], [writer], [], 0)[1] == [], "writable while the reader is full"
 
-        def drain_soon():
-            time.sleep(0.3)  # let select go to sleep first
+        def drain_soon(poller):
+            wait_asleep_in_poll(poller)
             started = time.monotonic()
             got = 0
             while got < 8192:
                 got += len(os.read(reader, 8192 - got))
             return started
 
-        drain = Result(drain_soon)
+        drain = Result(drain_soon, threading.get_native_id())
         ready = select.select([], [writer], [], 5.0)[1]
         woke = time.monotonic()
         started = drain.get()
