@@ -19,8 +19,9 @@ Invariants:
   waiting for a request is closed, or the newcomer gets 503.
 - What a connection holds to send is views of chunks still counted by the
   core (see :meth:`~.reader.Reader.read_for_sending`), never a copy; what it
-  buffers from its client is bounded by
-  :data:`MAX_HEAD` (pipelined requests) and :data:`UPLOAD_PIECE` (a body).
+  buffers from its client is bounded by :data:`BODY_RECEIVE` (a request
+  head and what came behind it: its body's start, or pipelined requests) and
+  :data:`UPLOAD_PIECE` (a body).
 - A request head must arrive within :data:`HEAD_TIMEOUT`, and an upload
   that sends nothing for ``body_timeout`` is ended (what arrived is kept).
 - A client that hangs up is normal: logged at debug level, never as an error.
@@ -62,9 +63,10 @@ MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
 #: Largest piece read from a reader at once: a 1 MiB chunk goes out in one writev.
 READ_SIZE = 1024 * 1024
-#: Largest socket read of a request body. Request heads and a streaming
-#: client's few bytes are read :data:`MAX_HEAD` at a time, all they can be
-#: (1,000 stalled readers cost the same RSS either way: +51 MB at a 32 MB cap).
+#: Largest socket read of a request, head or body: a PUT of AGFS's 64 KiB
+#: write comes in one read and one body event. A streaming client's few bytes
+#: are read :data:`MAX_HEAD` at a time, all they can be (1,000 stalled readers
+#: cost the same RSS either way: +51 MB at a 32 MB cap).
 BODY_RECEIVE = 256 * 1024
 #: Largest piece handed to TLS at once: what a stalled HTTPS client holds encrypted.
 #: 100 stalled HTTPS readers cost 80, 168 and 575 KiB each at 16, 64 and 256 KiB
@@ -195,6 +197,8 @@ class Exchange:
         """
         await self.continue_body()
         chunked = self.header(b"transfer-encoding") is not None
+        # A Content-Length body that comes in one event is given as it is (no second copy).
+        whole = None if chunked else int(self.header(b"content-length") or 0)
         buffer = bytearray()
         while True:
             try:
@@ -208,8 +212,8 @@ class Exchange:
                     yield bytes(buffer)
                 return
             data = event.data
-            if not buffer and event.chunk_start and event.chunk_end:
-                yield bytes(data)  # the usual case: a whole chunk in one event
+            if not buffer and (event.chunk_start and event.chunk_end or len(data) == whole):
+                yield bytes(data)  # the usual case: a whole chunk, or body, in one event
                 continue
             buffer += data
             while len(buffer) >= UPLOAD_PIECE:
@@ -632,7 +636,7 @@ class HTTPDoor:
         self._idle[connection] = None
         try:
             while event is h11.NEED_DATA:
-                conn.receive_data(await connection.receive(MAX_HEAD))
+                conn.receive_data(await connection.receive(BODY_RECEIVE))
                 event = conn.next_event()
         finally:
             self._idle.pop(connection, None)
