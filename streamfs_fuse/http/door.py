@@ -309,8 +309,14 @@ class Exchange:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watch_hangup, nursery.cancel_scope)
             try:
-                while data := await reader.read_for_sending(READ_SIZE, SEND_GATHER):
-                    await self._send_data(data)
+                while True:
+                    # A read that finds nothing queued parks, a pass through trio's
+                    # scheduler: the send after it need not make another.
+                    parks = not reader.pending and not reader.ended
+                    data = await reader.read_for_sending(READ_SIZE, SEND_GATHER)
+                    if not data:
+                        break
+                    await self._send_data(data, checkpoint=not parks)
                     data = None  # not held while the next read waits
             except ReaderDisconnected:
                 conn.send_failed()
@@ -341,12 +347,13 @@ class Exchange:
         self.conn.send_failed()
         scope.cancel()
 
-    async def _send_data(self, views: list[memoryview]) -> None:
+    async def _send_data(self, views: list[memoryview], checkpoint: bool = True) -> None:
         """One HTTP chunk of ``views``, with its header and trailer, in one writev."""
         pieces = self.conn.send_with_data_passthrough(h11.Data(data=Gathered(views)))
         if isinstance(self.sock, trio.SocketStream):
             await send_vectored(self.sock, [view for piece in pieces for view in (
-                piece.views if isinstance(piece, Gathered) else (piece,))])
+                piece.views if isinstance(piece, Gathered) else (piece,))],
+                checkpoint=checkpoint)
         else:  # TLS, or a memory stream (tests)
             await send_in_pieces(self.sock, [view for piece in pieces for view in (
                 piece.views if isinstance(piece, Gathered) else (piece,))])
