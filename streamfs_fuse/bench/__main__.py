@@ -85,15 +85,15 @@ def main() -> int:
     args = parser().parse_args()
     if args.replot:
         return replot(args)
-    if not os.path.exists("/dev/fuse"):
-        print("bench: /dev/fuse is missing", file=sys.stderr)
-        return 1
     unknown = set(args.only.split(",")) - set(SECTIONS) if args.only else set()
     if unknown:
         print(f"bench: no section {', '.join(sorted(unknown))} (--only takes"
               f" {','.join(SECTIONS)})", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if not os.path.exists("/dev/fuse"):
+        print("bench: /dev/fuse is missing", file=sys.stderr)
+        return 1
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     args.out.mkdir(parents=True, exist_ok=True)
     started, load_before = time.time(), os.getloadavg()

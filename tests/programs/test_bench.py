@@ -1,16 +1,24 @@
-"""The benchmark harness runs end to end (quick sizes); it measures, tests do not time."""
+"""The benchmark (python -m streamfs_fuse.bench) runs end to end at quick sizes, started
+by scripts/bench; it measures, tests do not time."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-
+#: Executed directly: its shebang and its hand-over to the package are under test too.
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 
 
+def test_an_unknown_section_is_a_one_line_error(tmp_path):
+    result = subprocess.run([BENCH, "--only", "throughput,nope", "--out", tmp_path],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("bench: no section nope (--only takes throughput,")
+    assert result.stderr.count("\n") == 1
+
+
 def test_quick_benchmark_runs_every_workload(tmp_path, fuse_device):
-    result = subprocess.run([sys.executable, BENCH, "--quick", "--repeats", "1", "--out", tmp_path],
+    result = subprocess.run([BENCH, "--quick", "--repeats", "1", "--out", tmp_path],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads((tmp_path / "results.json").read_text())
