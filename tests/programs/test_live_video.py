@@ -1,5 +1,6 @@
 """Live video through the mount with the real ffmpeg, as users run it."""
 
+import os
 import re
 import shutil
 import signal
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REQUIRE_MOUNT, wait_parked, wait_until, xattr
+from streamfs_fuse.testing import REQUIRE_MOUNT, wait_parked, wait_until, xattr
 
 SECONDS = 10
 FPS = 25
@@ -112,13 +113,14 @@ def test_live_mpegts_reaches_early_late_and_slow_viewers(ffmpeg, mount_with):
           f" after {dropped} dropped chunks")
 
 
-def clip(seconds, *, bitrate="1M"):
-    """A test-pattern MPEG-TS writer of ``seconds``, at about ``bitrate`` (constant)."""
+def clip(seconds, *, bitrate="1M", audio_bitrate=None):
+    """A test-pattern MPEG-TS writer of ``seconds``, video at about ``bitrate`` (constant)."""
+    audio = ["-b:a", audio_bitrate] if audio_bitrate else []
     return ["ffmpeg", "-y", "-hide_banner", "-v", "error",
             "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={FPS}:duration={seconds}",
             "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
             "-c:v", "mpeg2video", "-b:v", bitrate, "-minrate", bitrate, "-maxrate", bitrate,
-            "-bufsize", "500k", "-c:a", "mp2", "-flush_packets", "1", "-f", "mpegts"]
+            "-bufsize", "500k", "-c:a", "mp2", *audio, "-flush_packets", "1", "-f", "mpegts"]
 
 
 def probe(path):
@@ -194,3 +196,115 @@ def test_mpv_started_before_the_writer_plays_live(mpv, mnt):
     # Still playing: it waits at the live edge (nothing was removed).
     wait_parked(path, 1, timeout=10)
     assert player.poll() is None, log
+
+
+#: The issue's slow writer: video 250 kbit/s and audio 64 kbit/s make 400 kbit/s
+#: of MPEG-TS (50 KB/s; measured 399 kbit/s), written as it is made.
+SLOW = {"bitrate": "250k", "audio_bitrate": "64k"}
+SLOW_SECONDS = 8
+
+#: The players' documented options that make them start within 2 s of the first
+#: keyframe; with their defaults they wait for data no file system can hasten
+#: (README, "Players and probers"):
+#: - mpv: libavformat estimates an MPEG-TS file's duration by reading 250,000
+#:   bytes of packets from max(0, size - 250 KB); mpv serves that seek from its
+#:   own buffer, so the mount sees only reads going on, and mpv shows nothing
+#:   until 250 KB more are written (5.8 s at 400 kbit/s, 1.3 s at 2 Mbit/s).
+#: - ffplay (like ffmpeg) sets scan_all_pmts=1, so the MPEG-TS demuxer never
+#:   says it has all streams and libavformat analyses 5 s of media at any
+#:   bitrate (5.2 s).
+PLAYERS = {
+    "mpv": ["mpv", "--no-config", "--no-input-terminal", "--vo=null", "--ao=null",
+            "--demuxer-lavf-o=skip_estimate_duration_from_pts=1",
+            "--term-status-msg=SHOWN ${=time-pos}"],
+    "ffplay": ["ffplay", "-hide_banner", "-scan_all_pmts", "0"],
+}
+
+
+class Shown:
+    """The media time a player has shown, from its status line, with when each was printed.
+
+    mpv prints ``SHOWN <time-pos>`` (as asked); ffplay prints its clock
+    (``1.44 A-V: ...``) once it shows pictures, ``nan`` before.
+    """
+
+    PATTERN = re.compile(rb"(?:SHOWN |^\s*)(\d+\.\d+)(?: A-V| M-V|\s*$)")
+
+    def __init__(self, stream):
+        self.times: list[tuple[float, float]] = []
+        self.output = bytearray()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        while data := stream.read1(65536):
+            now = time.monotonic()
+            self.output += data
+            for line in re.split(rb"[\r\n]+", data):
+                if found := self.PATTERN.search(line):
+                    self.times.append((now, float(found.group(1))))
+
+    @property
+    def first(self) -> float | None:
+        return self.times[0][0] if self.times else None
+
+    def played_by(self, moment) -> float:
+        """Seconds of media shown from the first picture to ``moment``."""
+        shown = [media for t, media in self.times if t <= moment]
+        return shown[-1] - shown[0] if shown else 0.0
+
+    def log(self) -> str:
+        return self.output.decode(errors="replace")[-2000:]
+
+
+@pytest.fixture
+def ffplay(ffmpeg):
+    if not shutil.which("ffplay"):
+        if REQUIRE_MOUNT:
+            pytest.fail("ffplay is missing but required here (it comes with ffmpeg)")
+        pytest.skip("ffplay is not installed")
+
+
+@pytest.mark.parametrize("name", PLAYERS)
+def test_player_started_before_a_slow_writer_shows_it_live_within_2s(name, request, mnt):
+    """The issue's case: the player opens the path, then a 400 kbit/s writer starts.
+
+    Its first picture comes within 2 s of the first keyframe written (the
+    writer's first write: PAT, PMT and the first I-frame), and it goes on
+    showing the stream while the writer writes; nothing is removed.
+    """
+    request.getfixturevalue("mpv" if name == "mpv" else "ffplay")
+    path = mnt / "live.ts"
+    path.touch()
+    # ffplay shows its window through SDL; the dummy drivers stand in for a display.
+    player = mnt.spawn([*PLAYERS[name], str(path)], stdin=subprocess.DEVNULL,
+                       stderr=subprocess.STDOUT,
+                       env=dict(os.environ, SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy"))
+    shown = Shown(player.stdout)
+    wait_parked(path, 1, timeout=20)
+    writer = mnt.spawn(["ffmpeg", "-re", *clip(SLOW_SECONDS, **SLOW)[1:], str(path)],
+                       stdin=subprocess.DEVNULL, text=True)
+    wait_until(lambda: xattr(path, "bytes_written") > 0, timeout=20, interval=0.005,
+               what="the writer's first keyframe")
+    keyframe_written = time.monotonic()
+    wait_until(lambda: shown.first is not None or player.poll() is not None, timeout=20,
+               what=f"{name}'s first picture")
+    assert shown.first is not None, shown.log()
+    first_picture = shown.first - keyframe_written
+    assert writer.poll() is None, "the writer ended before the first picture"
+
+    _, writer_log = writer.communicate(timeout=SLOW_SECONDS + 20)
+    ended = time.monotonic()
+    assert writer.returncode == 0, writer_log
+    rate = xattr(path, "bytes_written") * 8 / SLOW_SECONDS / 1000
+    played = shown.played_by(ended)
+    print(f"\n{name} at {rate:.0f} kbit/s: first picture {first_picture:.2f} s after the"
+          f" first keyframe written; {played:.1f} s of {SLOW_SECONDS} s shown while the"
+          f" writer wrote")
+    assert 350 < rate < 450, f"the writer wrote {rate:.0f} kbit/s, not about 400"
+    assert first_picture < 2.0, shown.log()
+    # Live: it showed what was written as it was written, up to within 2 s and a
+    # margin for a loaded machine.
+    assert played >= SLOW_SECONDS - 3, shown.log()
+    # And it is still there, waiting at the live edge for more.
+    wait_parked(path, 1, timeout=10)
+    assert player.poll() is None, shown.log()
