@@ -9,6 +9,7 @@ fixtures in tests/conftest.py are built on it.
 from .mounts import DAEMON, REQUIRE_MOUNT, FuseUnavailable, Mount, is_mounted, require_fuse
 from .net import accepts, free_port
 from .redis import RedisCluster, RedisServer, cli, scan, stray_keys
+from .tokens import AUTH, TOKEN, write_token
 from .users import UNPRIVILEGED_USER, as_user, system_user
 from .waits import wait_parked, wait_until, xattr
 
@@ -16,6 +17,7 @@ __all__ = [
     "DAEMON", "REQUIRE_MOUNT", "FuseUnavailable", "Mount", "is_mounted", "require_fuse",
     "accepts", "free_port",
     "RedisCluster", "RedisServer", "cli", "scan", "stray_keys",
+    "AUTH", "TOKEN", "write_token",
     "UNPRIVILEGED_USER", "as_user", "system_user",
     "wait_parked", "wait_until", "xattr",
 ]

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from streamfs_fuse.testing import (DAEMON, REQUIRE_MOUNT, accepts, as_user, free_port, is_mounted,
-                                   wait_parked, wait_until, xattr)
+from streamfs_fuse.testing import (AUTH, DAEMON, REQUIRE_MOUNT, TOKEN, accepts, as_user, free_port,
+                                   is_mounted, wait_parked, wait_until, write_token, xattr)
 
 # -- helpers ------------------------------------------------------------------
 
@@ -36,20 +36,9 @@ from streamfs_fuse.testing import (DAEMON, REQUIRE_MOUNT, accepts, as_user, free
 until = partial(wait_until, timeout=30.0)
 
 
-#: The token the mounts below serve with; a request carrying it acts as the token file's owner.
-TOKEN = "streamfs-test-token"
-#: The header that carries it, for curl and ffmpeg, and as a line of a raw request.
-AUTH = f"Authorization: Bearer {TOKEN}"
+#: The token (streamfs_fuse.testing.TOKEN) the mounts below serve with, as a line of a raw
+#: request; a request carrying it acts as the token file's owner.
 AUTH_LINE = AUTH.encode() + b"\r\n"
-
-
-def write_token(directory: Path, owner: int = 0, mode: int = 0o600) -> Path:
-    """A token file holding :data:`TOKEN`, owned by ``owner``."""
-    path = directory / f"token-{owner}"
-    path.write_text(TOKEN + "\n")
-    path.chmod(mode)
-    os.chown(path, owner, -1)
-    return path
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from functools import partial
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamfs_fuse.testing import accepts, as_user, free_port, wait_until, xattr
-from test_http import TOKEN, call, write_token
+from streamfs_fuse.testing import TOKEN, accepts, as_user, free_port, wait_until, write_token, xattr
+from test_http import call
 
 until = partial(wait_until, timeout=30.0)
 

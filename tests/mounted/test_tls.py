@@ -15,8 +15,8 @@ import trustme
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from streamfs_fuse.testing import DAEMON, accepts, free_port, wait_until, xattr
-from test_http import AUTH, TOKEN, write_token
+from streamfs_fuse.testing import (AUTH, DAEMON, TOKEN, accepts, free_port, wait_until, write_token,
+                                   xattr)
 
 until = partial(wait_until, timeout=30.0)
 

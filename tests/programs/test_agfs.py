@@ -23,14 +23,14 @@ import trio
 from pyagfs import AGFSClient
 from pyagfs.exceptions import AGFSClientError
 
-from streamfs_fuse.testing import accepts, free_port, wait_parked, wait_until, xattr
+from streamfs_fuse.testing import (TOKEN, accepts, free_port, wait_parked, wait_until, write_token,
+                                   xattr)
 from streamfs_fuse.core.access import ROOT
 from streamfs_fuse.http.agfs import AGFSRoutes
 from streamfs_fuse.settings import HTTPSettings
 from streamfs_fuse.http.door import HTTPDoor
 from streamfs_fuse.core.tree import Tree
 from streamfs_fuse.settings import StreamSettings
-from test_http import TOKEN, write_token
 
 #: agfs-fuse, AGFS's FUSE client (Go), when built (docs/agfs-anchor-run.md says how).
 AGFS_FUSE = os.environ.get("AGFS_FUSE")
