@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 
+from streamfs_fuse.testing.proc import Processes
+
 from .common import (Sizes, child, collect, fuse_mounted, percentiles, send_messages, start,
                      wait_readers, with_reference)
 from .report import Report, verdict
-from streamfs_fuse.testing.proc import Processes
 
 
 def latency_fuse(sizes: Sizes, readers: int, reference: str | None = None) -> dict[str, float]:

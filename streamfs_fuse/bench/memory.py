@@ -125,7 +125,7 @@ def scale(sizes: Sizes) -> dict[str, float]:
         pid, crowd_stream, other = mount.daemon.pid, mount / "crowd", mount / "other"
         crowd_stream.touch()
         other.touch()
-        time.sleep(0.5)  # let the fresh daemon's RSS settle before the baseline
+        time.sleep(0.5)
         rss_before = rss_kib(pid)
         started = time.perf_counter()
         crowd = [start(mount, child("idle_crowd", crowd_stream, readers // k + (i < readers % k)),
