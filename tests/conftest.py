@@ -15,11 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamfs_fuse.testing import (REQUIRE_MOUNT, FuseUnavailable, Mount, RedisCluster,
-                                   RedisServer, require_fuse, system_user, wait_parked,
-                                   wait_until, xattr)
-
-# Re-exported for tests/programs/test_live_video.py, which still imports them from here.
-__all__ = ["REQUIRE_MOUNT", "wait_parked", "wait_until", "xattr"]
+                                   RedisServer, require_fuse, system_user)
 
 
 @pytest.fixture(scope="session")
