@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .reader import Reader
-    from .stream import Stream
+__all__ = ["CappedReader", "CappedStream", "MemoryBudget"]
 
-__all__ = ["MemoryBudget"]
+
+class CappedStream(Protocol):
+    """A stream as the budget sees it (:class:`~.stream.Stream`)."""
+
+    def sheddable(self, reader: CappedReader) -> bool:
+        """Whether the cap may take ``reader``'s data rather than make writers wait."""
+
+    def shed(self, reader: CappedReader) -> bool:
+        """Take data from ``reader``, furthest behind; return whether any was freed."""
+
+    def cap_freed(self) -> None:
+        """Memory was freed: wake the stream's writes waiting for the cap."""
+
+
+class CappedReader(Protocol):
+    """A reader as the budget sees it (:class:`~.reader.Reader`)."""
+
+    #: Payload bytes queued and not yet read.
+    pending: int
+    stream: CappedStream
 
 
 class MemoryBudget:
@@ -32,9 +49,9 @@ class MemoryBudget:
         self.used = 0
         #: The most ``used`` has been since someone last set it back (see mount._trim_heap).
         self.peak = 0
-        self.readers: set[Reader] = set()
+        self.readers: set[CappedReader] = set()
         #: Streams with block writes waiting for memory to be freed.
-        self.cap_waiters: set[Stream] = set()
+        self.cap_waiters: set[CappedStream] = set()
 
     def hold(self, footprint: int) -> None:
         self.used += footprint
@@ -45,7 +62,7 @@ class MemoryBudget:
         self.used -= footprint
         if self.cap_waiters:
             for stream in self.cap_waiters:
-                stream.cap_waiters.unpark_all()
+                stream.cap_freed()
             self.cap_waiters.clear()
 
     def over(self) -> bool:

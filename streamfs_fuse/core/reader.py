@@ -6,19 +6,40 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from .chunk import Chunk
 from .wait import Waiter
 
-if TYPE_CHECKING:
-    from .stream import Stream
-
-__all__ = ["Reader", "ReaderDisconnected", "ReaderTotals"]
+__all__ = ["Reader", "ReaderDisconnected", "ReaderOwner", "ReaderTotals"]
 
 log = logging.getLogger(__name__)
+
+
+class ReaderOwner(Protocol):
+    """What a reader reports to: its stream (:class:`~.stream.Stream`).
+
+    A reader calls these and touches nothing else of its stream.
+    """
+
+    name: str
+
+    def hold(self, footprint: int) -> None:
+        """A chunk no ring holds is now queued by a reader (counted once per chunk)."""
+
+    def release(self, footprint: int) -> None:
+        """The last reader of a chunk no ring holds let it go."""
+
+    def delivered(self, size: int) -> None:
+        """``size`` bytes left a reader's queue for the reading program."""
+
+    def made_room(self) -> None:
+        """A reader's queue shrank: writes waiting for memory or room may look again."""
+
+    def history(self) -> list[Chunk]:
+        """The chunks the stream's ring holds, oldest first (for a seek)."""
 
 
 class ReaderDisconnected(Exception):
@@ -85,7 +106,7 @@ class Reader:
         "_arrival", "_on_readable", "_edge",
     )
 
-    def __init__(self, stream: Stream, reader_id: int, capacity: int, waiter: Waiter,
+    def __init__(self, stream: ReaderOwner, reader_id: int, capacity: int, waiter: Waiter,
                  lossy: bool, totals: ReaderTotals) -> None:
         self.stream = stream
         self.id = reader_id
@@ -262,7 +283,7 @@ class Reader:
             return
         if self.ended:
             self._send, self._receive = trio.open_memory_channel[Chunk](math.inf)
-        for chunk in self.stream.ring.history():
+        for chunk in self.stream.history():
             if chunk.offset + len(chunk.data) > offset:
                 self.seed(chunk)
         if self.ended:
@@ -386,7 +407,7 @@ class Reader:
     def _gave(self, size: int) -> None:
         """``size`` bytes left the queue for the reading program (not dropped or discarded)."""
         self._took(size)
-        self.stream.delivered_bytes += size
+        self.stream.delivered(size)
 
     def _start(self, chunk: Chunk) -> None:
         self._current = chunk
@@ -430,13 +451,9 @@ class Reader:
 
     def _made_room(self) -> None:
         """Wake the writes waiting for this reader's room or for the memory cap."""
-        stream = self.stream
         if self._room:
             self._room.unpark_all()
-        if stream.cap_waiters:
-            stream.cap_waiters.unpark_all()
-        if stream.writable_watchers:
-            stream.notify_writable()
+        self.stream.made_room()
 
     def _check_connected(self) -> None:
         if self.disconnected:

@@ -513,7 +513,7 @@ class Stream:
         if self.budget.over():
             self.budget.shed()
 
-    # -- memory --------------------------------------------------------------
+    # -- what readers report (see ReaderOwner) and the budget asks (CappedStream)
 
     def hold(self, footprint: int) -> None:
         """A chunk of this stream is queued by a reader and not in the ring."""
@@ -523,6 +523,23 @@ class Stream:
     def release(self, footprint: int) -> None:
         self.held -= footprint
         self.budget.release(footprint)
+
+    def delivered(self, size: int) -> None:
+        self.delivered_bytes += size
+
+    def made_room(self) -> None:
+        """A reader's queue shrank: wake the writes waiting for the memory cap, and
+        the writers polling for room."""
+        if self.cap_waiters:
+            self.cap_waiters.unpark_all()
+        if self.writable_watchers:
+            self.notify_writable()
+
+    def history(self) -> list[Chunk]:
+        return self.ring.history()
+
+    def cap_freed(self) -> None:
+        self.cap_waiters.unpark_all()
 
     def _evicted(self, chunk: Chunk) -> None:
         if chunk.refs:
