@@ -1013,3 +1013,27 @@ async def test_the_cap_never_leaves_a_hole_in_a_readers_history():
     while len(data) < 3896 + 1:
         data += bytes(await reader.read(1 << 20, nonblocking=True))
     assert data.startswith(b"a" * 3896 + b"b")  # the history whole, whatever else was shed
+
+
+@pytest.mark.parametrize("policy", [DROP, BLOCK, DISCONNECT])
+async def test_a_write_in_memory_that_need_not_wait_is_no_checkpoint(policy):
+    """The memory store's log is the stream's own accept(): a write that has
+    room goes to every reader without yielding to another task."""
+    stream = make_stream(policy=policy)
+    readers = [stream.open_reader() for _ in range(3)]
+    writer = stream.open_writer()
+    with trio.testing.assert_no_checkpoints():
+        assert await writer.write(b"chunk") == 5
+    assert [await r.read(10) for r in readers] == [b"chunk"] * 3
+
+
+async def test_rm_of_a_stream_in_memory_ends_its_readers_after_what_was_written():
+    stream = make_stream()
+    reader = stream.open_reader()
+    writer = stream.open_writer()
+    await writer.write(b"last")
+    stream.remove()
+    assert stream.removed and stream.closed
+    assert await read_all(reader) == b"last"
+    with pytest.raises(StreamClosed):
+        await writer.write(b"more")
