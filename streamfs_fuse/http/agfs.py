@@ -44,7 +44,7 @@ from ..core.access import Access, Identity, check, may
 from ..settings import HTTPSettings
 from .door import READ_SIZE, STATUS_BY_ERRNO, UPLOAD_PIECE, Exchange, Refused
 from .native import (UPLOAD_MODE, NativeRoutes, check_path, origin_form, parse_path,
-                          primary_gid)
+                     primary_gid, readers_first)
 from ..core.tree import Directory, Tree, Node, OpenStream, StreamFile, fail
 from ..core.reader import ReaderDisconnected
 from ..core.stream import StreamClosed
@@ -516,6 +516,7 @@ class AGFSRoutes:
             written = await handle.opened.write(body)
         except StreamClosed:
             raise Refused(410, "the stream was removed while it was being written") from None
+        await readers_first(handle.opened.node, written)
         await exchange.reply_json(200, {"bytes_written": written})
 
     async def _handle_sync(self, exchange, handle, params) -> None:

@@ -28,6 +28,8 @@ from contextlib import aclosing
 from dataclasses import asdict
 from urllib.parse import parse_qsl, unquote_to_bytes
 
+import trio
+
 from ..core.access import Access, Identity, check, may
 from ..settings import HTTPSettings
 from .door import Exchange, Refused, http_date
@@ -36,7 +38,7 @@ from ..core.tree import NAME_MAX, Directory, Tree, Node, StreamFile, fail
 from ..core.stream import StreamClosed
 from ..settings import Join
 
-__all__ = ["NativeRoutes", "check_path", "origin_form", "parse_path"]
+__all__ = ["NativeRoutes", "check_path", "origin_form", "parse_path", "readers_first"]
 
 #: Longest path, in bytes, as PATH_MAX.
 MAX_PATH = 4096
@@ -57,6 +59,23 @@ WRITE_METHODS = {b"PUT", b"POST", b"DELETE"}
 ALLOWED = b"GET, HEAD, PUT, POST, DELETE"
 #: Mode of a stream made by an upload (as ``touch`` with umask 022).
 UPLOAD_MODE = 0o644
+#: An upload whose bytes times the stream's readers come to at most this is sent to
+#: the readers before the writer is answered. AGFS's PUT per chunk with its Go client
+#: (2 vCPU, load average 4-6, 3 runs each): 1 KiB every 1 ms reached 1 reader at p50
+#: 212-246 us this way against 264-409 us answering first (16 readers: 393-536 against
+#: 630-1,081); but 64 KiB PUTs to 16 readers delivered 961-1,124 MB/s this way against
+#: 1,509-1,869 answering first, as the writer then sends its next PUT during the fanout.
+READERS_FIRST = 32 * 1024
+
+
+async def readers_first(node: StreamFile, written: int) -> None:
+    """Let the readers a small write woke send it before its writer is answered
+    (see :data:`READERS_FIRST`)."""
+    if 0 < written * len(node.stream.readers) <= READERS_FIRST:
+        # trio runs a batch of woken tasks in either order: after two passes
+        # every reader the write woke has sent.
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
 
 
 def content_type(name: bytes) -> str:
@@ -165,6 +184,7 @@ class NativeRoutes:
                 raise Refused(410, "the stream was removed while it was being written") from None
             finally:
                 opened.close()
+        await readers_first(opened.node, written)
         return opened.node, created, written
 
     async def remove(self, exchange: Exchange, names: list[bytes], *,
