@@ -12,9 +12,9 @@ from typing import Protocol
 import trio
 
 from ..settings import Join, SlowReaderPolicy, StreamSettings
-from .memory import MemoryLog
 from .budget import MemoryBudget
 from .chunk import Chunk, footprint_of
+from .memory import MemoryLog
 from .mpegts import KeyframeIndex
 from .reader import Reader, ReaderTotals
 from .ring import RingBuffer
@@ -93,7 +93,7 @@ class StreamClosed(Exception):
 class StreamLog(Protocol):
     """Where a stream's chunks are ordered: the seam between a stream and its store.
 
-    In memory (``stores/memory.py``) a write is delivered here at once. A log
+    In memory (:mod:`.memory`) a write is delivered here at once. A log
     that spans hosts takes every host's writes, and while this host has
     readers it follows the log and delivers each chunk to them through the
     stream's follower side (:meth:`Stream.accept`, :meth:`Stream.deliver`,

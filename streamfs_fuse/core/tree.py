@@ -38,9 +38,9 @@ import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
 from .budget import MemoryBudget
+from .memory import MemoryStore
 from .stream import Stream, StreamLog, Writer
 from ..settings import Join, SlowReaderPolicy, StreamSettings
-from .memory import MemoryStore
 from .wait import Waiter
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ Event = dict[str, Any]
 class TreeStore(Protocol):
     """Where the tree's events are ordered: the seam between the tree and its store.
 
-    In memory (``stores/memory.py``) an event is applied at once; a shared
+    In memory (:mod:`.memory`) an event is applied at once; a shared
     store orders the events of every host that shares it, and applies them
     here in that order.
     """
@@ -171,7 +171,6 @@ class Tree:
                  store: TreeStore | None = None) -> None:
         self.settings = settings
         self.store = store or MemoryStore()
-        self.store.attach(self)
         self.budget = MemoryBudget(settings.max_memory)
         self.root = Directory(inode=ROOT_INODE, mode=stat.S_IFDIR | 0o755, uid=uid, gid=gid,
                               parent=None, name=b"", holds=1)
@@ -185,6 +184,7 @@ class Tree:
         #: A watcher may return an Event it sets once it has: see :meth:`settle`.
         self.name_watchers: list[Callable[[Directory, bytes], trio.Event | None]] = []
         self._notices: list[trio.Event] = []
+        self.store.attach(self)
 
     # -- finding nodes -------------------------------------------------------
 
