@@ -146,6 +146,8 @@ class Exchange:
         self.close_after = False
         #: The status answered, once the answer has started (for the log).
         self.status: int | None = None
+        #: Whether h11 framed a streamed answer's first piece as a chunk (None: not yet).
+        self._chunked: bool | None = None
 
     @property
     def method(self) -> bytes:
@@ -348,15 +350,26 @@ class Exchange:
         scope.cancel()
 
     async def _send_data(self, views: list[memoryview], checkpoint: bool = True) -> None:
-        """One HTTP chunk of ``views``, with its header and trailer, in one writev."""
-        pieces = self.conn.send_with_data_passthrough(h11.Data(data=Gathered(views)))
+        """One HTTP chunk of ``views``, with its header and trailer, in one writev.
+
+        The first chunk is framed by h11. When it framed it as chunked
+        transfer, later ones get the same header and trailer without it: a
+        Data event changes no state of h11's, and its framing was 6% of the
+        daemon's time sending 1 KiB every 1 ms to 16 readers.
+        """
+        if self._chunked:
+            pieces = [b"%x\r\n" % sum(map(len, views)), *views, b"\r\n"]
+        else:
+            framed = self.conn.send_with_data_passthrough(h11.Data(data=Gathered(views)))
+            pieces = [view for piece in framed for view in (
+                piece.views if isinstance(piece, Gathered) else (piece,))]
+            if self._chunked is None:
+                self._chunked = len(framed) == 3 and framed[0] == b"%x\r\n" % len(
+                    framed[1]) and framed[2] == b"\r\n"
         if isinstance(self.sock, trio.SocketStream):
-            await send_vectored(self.sock, [view for piece in pieces for view in (
-                piece.views if isinstance(piece, Gathered) else (piece,))],
-                checkpoint=checkpoint)
+            await send_vectored(self.sock, pieces, checkpoint=checkpoint)
         else:  # TLS, or a memory stream (tests)
-            await send_in_pieces(self.sock, [view for piece in pieces for view in (
-                piece.views if isinstance(piece, Gathered) else (piece,))])
+            await send_in_pieces(self.sock, pieces)
 
 
 class Gathered:

@@ -73,6 +73,27 @@ async def test_put_then_get_gives_history_then_live_data_until_rm():
     assert stream.statistics().readers == 0
 
 
+async def test_an_http_1_0_reader_gets_the_stream_unframed_until_the_close():
+    """HTTP/1.0 has no chunks: every piece goes out as it is, and the end is the close."""
+    tree, door = make_door()
+    stream = (await tree.create(StreamFile, tree.root, b"old", 0o644, 0, 0)).stream
+    await stream.open_writer().write(b"hello")
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(door.connection, server, ROOT)
+        await client.send_all(b"GET /old HTTP/1.0\r\n\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        for piece in (b" live", b" world"):  # each sent on its own, after the reader parked
+            await stream.open_writer().write(piece)
+            await trio.testing.wait_all_tasks_blocked()
+        await tree.unlink(tree.root, b"old")
+        reply = b""
+        while data := await client.receive_some(65536):
+            reply += data
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head.lower() and body == b"hello live world"
+
+
 async def test_a_client_that_goes_away_releases_its_reader_at_once():
     tree, door = make_door()
     node = await tree.create(StreamFile, tree.root, b"idle", 0o644, 0, 0)
