@@ -154,7 +154,7 @@ class RedisLog:
         self.shard = shard
         #: The last entry delivered here, while following.
         self.last: str | None = None
-        #: :attr:`last` when :meth:`Shard.resync` last looked.
+        #: :attr:`last` when :meth:`.followers.Shard.resync` last looked.
         self.last_seen: str | None = None
         #: Where this host's next append goes, as far as it knows: the offset,
         #: and the sequence number of its entry ID.
