@@ -240,7 +240,8 @@ class AGFSRoutes:
             if not names:
                 raise fail(errno.EISDIR)
             _, _, written = await self.native.upload(exchange, names)
-        await exchange.reply_json(200, {"message": f"Written {written} bytes"}, newline=True)
+        await exchange.reply(200, b'{"message": "Written %d bytes"}\n' % written,
+                             b"application/json")
 
     async def _create(self, exchange, kind, names: list[bytes], mode: int, op: str,
                       path: str) -> None:

@@ -148,6 +148,7 @@ class Exchange:
         self.status: int | None = None
         #: Whether h11 framed a streamed answer's first piece as a chunk (None: not yet).
         self._chunked: bool | None = None
+        self._header_values: dict[bytes, bytes] | None = None
 
     @property
     def method(self) -> bytes:
@@ -158,7 +159,12 @@ class Exchange:
         return self.request.target
 
     def header(self, name: bytes) -> bytes | None:
-        return next((value for key, value in self.request.headers if key == name), None)
+        """The first value of header ``name`` (lower case)."""
+        if self._header_values is None:
+            # One pass over h11's headers (each of its items is a Python-level
+            # __getitem__), however many are asked for; the first of a name wins.
+            self._header_values = dict(reversed(list(self.request.headers)))
+        return self._header_values.get(name)
 
     # -- the request's body --------------------------------------------------
 
@@ -671,7 +677,7 @@ class HTTPDoor:
         exchange = Exchange(conn, connection, request, NOBODY, self.settings.body_timeout)
         self.active += 1
         try:
-            check_framing(request)
+            check_framing(exchange)
             exchange.identity = self._identity(exchange, connection.peer)
             await self.routes(exchange)
         except Refused as e:
@@ -713,10 +719,10 @@ class HTTPDoor:
         return NOBODY
 
 
-def check_framing(request: h11.Request) -> None:
+def check_framing(exchange: Exchange) -> None:
     """Refuse what HTTP/1.1 forbids and proxies misread (request smuggling)."""
-    names = [name for name, _ in request.headers]
-    if b"transfer-encoding" in names and b"content-length" in names:
+    if exchange.header(b"transfer-encoding") is not None and \
+            exchange.header(b"content-length") is not None:
         raise Refused(400, "a request may not carry both Content-Length and "
                            "Transfer-Encoding", close=True)
 
