@@ -387,6 +387,8 @@ class Reader:
         """``first`` and as much more as is queued, up to ``size`` bytes in all."""
         pieces: list[bytes | memoryview] = [first]
         room = size - len(first)
+        # The stream hears once per read, not once per chunk joined.
+        whole = 0
         while room > 0 and self.pending:
             chunk = self._receive.receive_nowait()
             data = chunk.data
@@ -394,10 +396,14 @@ class Reader:
                 self._start(chunk)
                 pieces.append(self._take_current(room))
                 break
-            self._gave(len(data))
-            self._done(chunk)
+            self._took(len(data))
+            whole += len(data)
+            self._done(chunk, wake=False)
             pieces.append(data)
             room -= len(data)
+        if whole:
+            self.stream.delivered(whole)
+            self._made_room()
         return first if len(pieces) == 1 else b"".join(pieces)
 
     def _took(self, size: int) -> None:
@@ -434,15 +440,19 @@ class Reader:
                 self._done(chunk)
         return piece
 
-    def _done(self, chunk: Chunk) -> None:
-        """``chunk`` left the queue in order: read to its end, or discarded."""
+    def _done(self, chunk: Chunk, wake: bool = True) -> None:
+        """``chunk`` left the queue in order: read to its end, or discarded.
+
+        ``wake=False``: the caller calls :meth:`_made_room` once it is done.
+        """
         if self._history:
             self._history -= 1
             self._history_begun = True
         else:
             self.backlog -= chunk.footprint
         self._unref(chunk)
-        self._made_room()
+        if wake:
+            self._made_room()
 
     def _unref(self, chunk: Chunk) -> None:
         chunk.refs -= 1
