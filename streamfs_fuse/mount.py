@@ -33,6 +33,7 @@ from .http.door import HTTPDoor
 from .logs import INTERVAL, RepeatedLog
 from .core.memory import MemoryStore
 from .core.tree import Tree, TreeStore
+from .mountinfo import is_mounted
 
 __all__ = ["MountError", "mount", "is_mounted"]
 
@@ -273,16 +274,6 @@ def check_fuse_device() -> None:
     except OSError as e:
         raise MountError(f"cannot open /dev/fuse: {e.strerror}") from None
     os.close(fd)
-
-
-def is_mounted(path: str) -> bool:
-    """Whether ``path`` is a mount point, read from /proc without touching it."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        table = f.read()
-    encoded = os.fsencode(path)
-    for char in (b"\\", b" ", b"\t", b"\n"):
-        encoded = encoded.replace(char, b"\\%03o" % ord(char))
-    return any(line.split(b" ")[4] == encoded for line in table.splitlines())
 
 
 def start(fs: StreamFS, mountpoint: str, options: set[str]) -> None:

@@ -109,7 +109,7 @@ MOUNT_ONLY_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "u
 class BackendSettings:
     """Where a mount's streams are shared: ``url`` None keeps them in this process.
 
-    Declared here, not in redis_store.py, so that a mount without a backend
+    Declared here, not in stores/redis, so that a mount without a backend
     never imports coredis (0.6 s).
     """
 

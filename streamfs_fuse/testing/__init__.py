@@ -2,8 +2,8 @@
 
 It starts real processes (the daemon, redis-server, programs as other users)
 and waits on their state. It imports nothing of the package but
-``streamfs_fuse.settings``, and neither pyfuse3 nor pytest: the pytest
-fixtures in tests/conftest.py are built on it.
+``streamfs_fuse.settings`` and ``streamfs_fuse.mountinfo``, and neither pyfuse3
+nor pytest: the pytest fixtures in tests/conftest.py are built on it.
 """
 
 from .mounts import DAEMON, REQUIRE_MOUNT, FuseUnavailable, Mount, is_mounted, require_fuse

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .waits import wait_until
+from ..mountinfo import is_mounted
 
 #: In CI the mount tests must run: a missing /dev/fuse (or test program) is then a failure.
 REQUIRE_MOUNT = os.environ.get("STREAMFS_REQUIRE_MOUNT") == "1"
@@ -31,17 +32,6 @@ def require_fuse() -> None:
     """Raise FuseUnavailable unless /dev/fuse exists."""
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("/dev/fuse is missing: mount tests need the fuse kernel module")
-
-
-def is_mounted(path: str) -> bool:
-    """Whether ``path`` is a mount point, read from /proc without touching it (a dead
-    FUSE daemon's mount point would answer a stat with ENOTCONN)."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        table = f.read()
-    encoded = os.fsencode(path)
-    for char in (b"\\", b" ", b"\t", b"\n"):
-        encoded = encoded.replace(char, b"\\%03o" % ord(char))
-    return any(line.split(b" ")[4] == encoded for line in table.splitlines())
 
 
 class Mount:

@@ -1,8 +1,9 @@
 """The package's layers: the core's tests run without the doors' and stores' libraries,
 and no module imports a layer above its own.
 
-Layers, lowest first: settings and logs (nothing of the package) < core < stores <
-fuse and http (neither imports the other, nor stores) < testing (nothing but settings)
+Layers, lowest first: settings, logs and mountinfo (nothing of the package) < core < stores <
+fuse and http (neither imports the other, nor stores) < testing (nothing but settings
+and mountinfo)
 < the program: mount, cli, status, __main__, bench.
 """
 
@@ -22,11 +23,12 @@ TESTS = Path(__file__).resolve().parents[1]
 MAY_IMPORT = {
     "settings": set(),
     "logs": set(),
+    "mountinfo": set(),
     "core": {"settings", "logs"},
     "stores": {"settings", "logs", "core"},
     "fuse": {"settings", "logs", "core"},
     "http": {"settings", "logs", "core"},
-    "testing": {"settings"},
+    "testing": {"settings", "mountinfo"},
 }
 PROGRAM = {"__init__", "__main__", "mount", "cli", "status", "bench"}
 

@@ -594,7 +594,7 @@ def test_agfs_path_comes_from_the_toml_plugin_path(tmp_path):
 
 
 def test_the_settings_load_no_door_and_no_store():
-    """config.py declares every setting with no dependency on FUSE, HTTP or Redis."""
+    """settings.py declares every setting with no dependency on FUSE, HTTP or Redis."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, streamfs_fuse.settings; print(sorted({m.split('.')[0] "
          "for m in sys.modules} & {'h11', 'coredis', 'pyfuse3', 'prometheus_client'}))"],

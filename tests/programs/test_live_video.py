@@ -11,21 +11,7 @@ import time
 import pytest
 
 from streamfs_fuse.testing import REQUIRE_MOUNT, wait_parked, wait_until, xattr
-
-SECONDS = 10
-FPS = 25
-
-WRITER = [
-    "ffmpeg", "-y", "-hide_banner", "-v", "error", "-stats", "-re",
-    "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={FPS}:duration={SECONDS}",
-    "-f", "lavfi", "-i", f"sine=frequency=440:duration={SECONDS}",
-    "-c:v", "mpeg2video", "-b:v", "1M", "-c:a", "mp2",
-    # Write each packet as it is made, as a live source does.
-    "-flush_packets", "1", "-f", "mpegts",
-]
-DECODER = ["ffmpeg", "-hide_banner", "-v", "error", "-stats", "-f", "mpegts", "-i", "-",
-           "-f", "null", "-"]
-
+from streamfs_fuse.testing.video import FPS, SECONDS, WRITER, Viewer, errors, frames
 
 @pytest.fixture
 def ffmpeg():
@@ -41,31 +27,6 @@ def mpv(ffmpeg):
         if REQUIRE_MOUNT:
             pytest.fail("mpv is missing but required here (scripts/test installs it)")
         pytest.skip("mpv is not installed")
-
-
-def frames(stderr: str) -> int:
-    counts = re.findall(r"frame=\s*(\d+)", stderr)
-    assert counts, f"no frame count in ffmpeg's output: {stderr!r}"
-    return int(counts[-1])
-
-
-def errors(stderr: str) -> list[str]:
-    lines = re.split(r"[\r\n]+", stderr)
-    return [line for line in lines if line.strip() and not line.startswith("frame=")]
-
-
-class Viewer:
-    """``cat LIVE | ffmpeg -f mpegts -i - -f null -``: a reader that decodes."""
-
-    def __init__(self, mnt, live):
-        self.cat = mnt.spawn(["cat", live])
-        self.decoder = mnt.spawn(DECODER, stdin=self.cat.stdout, text=True)
-        self.cat.stdout.close()
-
-    def finish(self):
-        _, stderr = self.decoder.communicate(timeout=30)
-        self.cat.wait(10)
-        return self.decoder.returncode, self.cat.returncode, stderr
 
 
 def test_live_mpegts_reaches_early_late_and_slow_viewers(ffmpeg, mount_with):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from streamfs_fuse.testing import cli, wait_until, xattr
-from streamfs_fuse.stores.redis.store import shard_of
+from streamfs_fuse.stores.redis.ids import shard_of
 
 
 

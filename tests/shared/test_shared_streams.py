@@ -22,6 +22,7 @@ import pytest
 
 from streamfs_fuse.testing import (DAEMON, REQUIRE_MOUNT, accepts, cli, free_port, stray_keys,
                                    wait_until, xattr)
+from streamfs_fuse.testing.video import FPS, WRITER, Viewer, errors, frames
 from test_redis_faults import remove_everything
 
 # Enough history that late joiners get everything a test writes.
@@ -328,7 +329,6 @@ def ffmpeg():
 
 
 def test_video_written_on_one_host_decodes_on_two_others(ffmpeg, hosts):
-    from test_live_video import FPS, WRITER, Viewer, errors, frames
     a, b, c = hosts(3)
     (a / "live.ts").touch()
     viewers = [Viewer(host, host / "live.ts") for host in (b, c)]
@@ -407,7 +407,7 @@ def test_a_follower_goes_on_when_redis_loses_entries_it_had_read(hosts, redis_se
 
 
 def test_the_tree_history_is_trimmed_behind_snapshots(hosts, redis_server):
-    from streamfs_fuse.stores.redis.store import SNAPSHOT_EVERY
+    from streamfs_fuse.stores.redis.tree import SNAPSHOT_EVERY
     a, b = hosts(2)
     (a / "d").mkdir()
     (a / "d" / "s").touch()

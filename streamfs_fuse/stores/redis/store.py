@@ -17,10 +17,9 @@ from .connection import UNREACHABLE, Connection, Script, describe
 from .followers import CURSOR_RENEW, Followers
 from .ids import shard_of
 from .log import LogScripts, RedisLog
-from .tree import SNAPSHOT_EVERY, SharedTree
+from .tree import SharedTree
 
-# SNAPSHOT_EVERY and shard_of: tests/shared import them from here.
-__all__ = ["RedisStore", "SNAPSHOT_EVERY", "shard_of"]
+__all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
 
