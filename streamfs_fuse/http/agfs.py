@@ -9,7 +9,7 @@ found. A native stream named ``/api/v1/...`` is therefore not reachable over
 HTTP (it still is through the mount).
 
 Each route translates onto the same verbs as the native routes (composed,
-not inherited: :class:`AGFSRoutes` holds a :class:`~.http_routes.NativeRoutes`),
+not inherited: :class:`AGFSRoutes` holds a :class:`~.native.NativeRoutes`),
 for the request's identity: no stream policy and no tree rule lives here.
 Errors carry AGFS's texts (see :func:`agfs_message`) with the status AGFS's
 own error types map to. Routes AGFS has and this door does not (symlinks,

@@ -9,7 +9,7 @@ Three objects, as hypercorn splits them:
 - an :class:`Exchange` is one request and its answer: the one place that
   turns h11 events into bytes on the socket and bytes into events.
 
-What a request does is decided by the routes (:mod:`.http_routes`, and the
+What a request does is decided by the routes (:mod:`.native`, and the
 AGFS API in :mod:`.agfs`), which see only an Exchange, and by the core.
 
 Invariants:

@@ -8,7 +8,7 @@
 - ``HEAD /path``: the figures ``stat`` and the xattrs give, as headers.
 - ``PUT /path``, ``POST /path``: append the request body, creating the stream
   if needed; each HTTP chunk becomes one stream chunk as it arrives (see
-  :meth:`.http.Exchange.body_pieces`), so a chunked upload is a live source.
+  :meth:`.door.Exchange.body_pieces`), so a chunked upload is a live source.
 - ``DELETE /path``: rm (rmdir for an empty directory).
 
 Each route translates onto the core for the request's identity: the
