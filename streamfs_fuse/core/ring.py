@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from .chunk import Chunk
+from .chunk import CHUNK_OVERHEAD, Chunk
 
 __all__ = ["RingBuffer", "SMALL_CHUNK"]
 
@@ -31,6 +31,7 @@ class RingBuffer:
     the ring is not kept at all. ``capacity=0`` keeps nothing.
 
     ``evicted`` is called with each shared chunk that leaves the ring.
+    :attr:`footprint` is what the ring holds as the memory cap counts it.
     """
 
     __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_times", "_tail", "_tail_offset",
@@ -58,7 +59,7 @@ class RingBuffer:
             self.clear()
             return
         while self.nbytes + size > self.capacity:
-            self._evict_oldest()
+            self.evict_oldest()
         self.nbytes += size
         if size < SMALL_CHUNK:
             if not self._tail:
@@ -87,7 +88,7 @@ class RingBuffer:
 
     def clear(self) -> None:
         while self._units:
-            self._evict_oldest()
+            self.evict_oldest()
         self._tail.clear()
         self.nbytes = 0
 
@@ -99,7 +100,8 @@ class RingBuffer:
             self._times.append(self._tail_time)
             self._tail.clear()
 
-    def _evict_oldest(self) -> None:
+    def evict_oldest(self) -> None:
+        """Let the oldest unit go (the open one when it is the only one)."""
         if not self._units:
             self.nbytes -= len(self._tail)
             self._tail.clear()
@@ -109,6 +111,18 @@ class RingBuffer:
         self.nbytes -= len(chunk.data)
         chunk.in_ring = False
         self._evicted(chunk)
+
+    @property
+    def footprint(self) -> int:
+        """Payload and a chunk's overhead per unit, the open one included."""
+        return self.nbytes + CHUNK_OVERHEAD * len(self)
+
+    @property
+    def oldest_time(self) -> float | None:
+        """When the oldest history was written; None when the ring is empty."""
+        if self._units:
+            return self._times[0]
+        return self._tail_time if self._tail else None
 
     @property
     def oldest_offset(self) -> int | None:

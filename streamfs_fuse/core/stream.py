@@ -188,6 +188,8 @@ class Stream:
         self.settings = settings
         self.budget = budget or MemoryBudget()
         self.ring = RingBuffer(settings.ring_buffer_size, self._evicted)
+        #: The ring's footprint as the budget last counted it.
+        self.ring_counted = 0
         #: Where its keyframes start, while the stream looks like MPEG-TS.
         self.keyframes: KeyframeIndex | None = KeyframeIndex()
         #: Open readers, in the order they opened (a dict: 100,000 readers
@@ -369,11 +371,13 @@ class Stream:
     def follow_from(self, offset: int) -> None:
         """The log is mirrored from stream offset ``offset`` on: the ring starts empty there."""
         self.ring.clear()
+        self._count_ring()
         self.bytes_written = offset
 
     def unfollowed(self) -> None:
         """This host no longer follows the log: its mirror of the ring goes."""
         self.ring.clear()
+        self._count_ring()
 
     def accepts_now(self, size: int) -> bool:
         """Whether :meth:`accept` of ``size`` bytes would deliver without waiting."""
@@ -424,7 +428,7 @@ class Stream:
                 continue
             if budget.has_room(footprint):
                 return
-            budget.shed()
+            budget.shed(footprint)
             if budget.has_room(footprint) or not any(
                     r.backlog for r in self.readers if not r.lossy):
                 return  # nothing this stream's readers do could free memory
@@ -494,8 +498,9 @@ class Stream:
         self.bytes_written += len(data)
         self.chunks_written += 1
         now = trio.current_time()
-        # The ring first: a chunk it keeps costs the budget nothing while it is there.
+        # The ring first: a chunk it keeps costs the budget nothing more while it is there.
         self.ring.append(chunk, now)
+        self._count_ring()
         if self.keyframes is not None:
             self.keyframes.add(data, chunk.offset, now)
             if not self.keyframes.is_ts:
@@ -540,6 +545,38 @@ class Stream:
 
     def cap_freed(self) -> None:
         self.cap_waiters.unpark_all()
+
+    def _count_ring(self) -> None:
+        """Tell the budget how the ring's footprint changed since it last heard."""
+        footprint = self.ring.footprint
+        change = footprint - self.ring_counted
+        if change:
+            budget = self.budget
+            if not self.ring_counted:
+                budget.histories.add(self)
+            elif not footprint:
+                budget.histories.discard(self)
+            self.ring_counted = footprint
+            if change > 0:
+                budget.grow(change)
+            else:
+                budget.free(-change)
+
+    def oldest_history(self) -> float | None:
+        return self.ring.oldest_time
+
+    def shed_history(self) -> None:
+        """The mount is over its memory cap and this ring's oldest unit is the mount's oldest.
+
+        A chunk some reader still queues stays with it (counted in ``held``).
+        """
+        self.ring.evict_oldest()
+        self._count_ring()
+
+    def discard(self) -> None:
+        """The stream is gone for good (its node forgotten): its ring's memory goes."""
+        self.ring.clear()
+        self._count_ring()
 
     def _evicted(self, chunk: Chunk) -> None:
         if chunk.refs:

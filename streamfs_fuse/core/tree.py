@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 from .access import Access, Identity, check, check_set_settings, check_sticky, fail, owns
-from .budget import MemoryBudget
+from .budget import DIRECTORY_COST, READER_COST, STREAM_COST, MemoryBudget
 from .memory import MemoryStore
 from .stream import Stream, StreamLog, Writer
 from ..settings import Join, SlowReaderPolicy, StreamSettings
@@ -122,6 +122,7 @@ class OpenStream:
         node = self.node
         if self.reader is not None:
             node.stream.release_reader(self.reader)
+            self.tree.budget.free(READER_COST)
         if self.writer is not None:
             self.writer.close()
         self.tree.release(node)
@@ -248,7 +249,11 @@ class Tree:
         self.open_check(identity, node, read, write)
         stream = node.stream
         waiter = waiter or Waiter()
-        reader = await stream.join(waiter, lossy=write, join=join) if read else None
+        reader = None
+        if read:
+            self.budget.check(READER_COST, "opening a reader")
+            reader = await stream.join(waiter, lossy=write, join=join)
+            self.budget.grow(READER_COST)
         writer = stream.open_writer(waiter) if write else None
         self.hold(node)
         return OpenStream(self, node, reader, writer)
@@ -347,9 +352,16 @@ class Tree:
 
     async def create(self, kind: type[N], parent: Directory, name: bytes, mode: int,
                      uid: int, gid: int, *, identity: Identity | None = None) -> N:
-        """A new directory or stream named ``name`` in ``parent``, owned by ``uid``."""
+        """A new directory or stream named ``name`` in ``parent``, owned by ``uid``.
+
+        ENOSPC when the mount is at its memory cap with nothing left to shed.
+        """
         if identity is not None:
             self._check_create(identity, parent, name)
+        if kind is Directory:
+            self.budget.check(DIRECTORY_COST, "creating a directory")
+        else:
+            self.budget.check(STREAM_COST, "creating a stream")
         return await self._commit({"op": "create", "parent": parent.inode, "name": _text(name),
                                    "dir": kind is Directory, "mode": mode, "uid": uid,
                                    "gid": gid})
@@ -508,12 +520,17 @@ class Tree:
         file_type = stat.S_IFDIR if kind is Directory else stat.S_IFREG
         node = kind(inode=inode, mode=file_type | stat.S_IMODE(mode), uid=uid, gid=gid,
                     parent=parent, name=name, atime_ns=self._now)
+        # Counted, never refused here: every host applies the same events alike
+        # (create() refused before the event, on the host that asked).
         if isinstance(node, StreamFile):
             node.stream = Stream(self.path(node), self.settings, self.budget)
             node.stream.log = self.store.stream_log(node)
             if self.closed:
                 node.stream.close()
             log.info("stream %r created", node.stream.name)
+            self.budget.grow(STREAM_COST)
+        else:
+            self.budget.grow(DIRECTORY_COST)
         self._link(parent, name, node)
         return node
 
@@ -690,8 +707,13 @@ class Tree:
         self._forget_if_unused(node)
 
     def _forget_if_unused(self, node: Node) -> None:
-        if not node.linked and node.holds <= 0:
-            self.nodes.pop(node.inode, None)
+        """A node neither linked nor held goes, with its ring and its bookkeeping."""
+        if not node.linked and node.holds <= 0 and self.nodes.pop(node.inode, None):
+            if isinstance(node, StreamFile):
+                node.stream.discard()
+                self.budget.free(STREAM_COST)
+            else:
+                self.budget.free(DIRECTORY_COST)
 
     # -- the whole mount -----------------------------------------------------
 
@@ -703,9 +725,8 @@ class Tree:
                 node.stream.close()
 
     def memory_used(self) -> int:
-        """What the streams hold: their rings, and what readers hold beyond them."""
-        return self.budget.used + sum(node.stream.ring.nbytes for node in self.nodes.values()
-                                      if isinstance(node, StreamFile))
+        """What the streams hold, as the memory cap counts it (see :class:`MemoryBudget`)."""
+        return self.budget.used
 
 
 def _text(name: bytes) -> str:

@@ -795,7 +795,7 @@ def agfs_message(op: str, path: str, error: int, kind: str | None = None) -> str
 @contextmanager
 def agfs_errors(op: str, path: str):
     """Turn the tree's OSError into AGFS's error text and the status of its error type
-    (404, 409, 403, 400: AGFS's streamfs answers every error 500, its server maps typed ones)."""
+    (404, 409, 403, 400, 507: AGFS's streamfs answers every error 500, its server maps typed ones)."""
     try:
         yield
     except OSError as e:

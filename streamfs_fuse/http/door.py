@@ -95,6 +95,7 @@ STATUS_BY_ERRNO = {
     errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EEXIST: 409, errno.ENOTEMPTY: 409,
     errno.EISDIR: 409, errno.EINVAL: 400, errno.ENAMETOOLONG: 400, errno.EACCES: 403,
     errno.EPERM: 403, errno.EBUSY: 409,
+    errno.ENOSPC: 507,  # the mount's --max-memory is reached with nothing left to shed
 }
 
 #: Errors from a socket whose peer went away.

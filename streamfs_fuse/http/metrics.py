@@ -151,10 +151,9 @@ class ScrapeCollector(Collector):
                 ("readers", s.local_readers, "this host's open readers, every stream"),
                 ("writers", s.local_writers, "this host's open writers, every stream"),
                 ("queued_bytes", s.queued_bytes, "bytes queued for readers, every stream"),
-                ("memory_held_bytes", s.held_bytes,
-                 "memory held for readers beyond the rings: what --max-memory caps"),
-                ("memory_used_bytes", s.memory_used, "the rings and what readers hold beyond "
-                                                     "them")):
+                ("memory_held_bytes", s.held_bytes, "memory held for readers beyond the rings"),
+                ("memory_used_bytes", s.memory_used, "what --max-memory caps: the rings, what "
+                                                     "readers hold beyond them, bookkeeping")):
             yield GaugeMetricFamily(f"streamfs_{name}", help_text, value=value)
         if s.memory_cap is not None:
             yield GaugeMetricFamily("streamfs_memory_cap_bytes", "--max-memory",
@@ -268,7 +267,7 @@ class MetricsRoutes:
             local_readers=sum(s.local_readers for s in local),
             local_writers=sum(s.local_writers for s in local),
             queued_bytes=sum(s.queued_bytes for s in local),
-            held_bytes=tree.budget.used, memory_cap=tree.budget.limit,
+            held_bytes=tree.budget.held, memory_cap=tree.budget.limit,
             memory_used=tree.memory_used(),
             connections=len(door.connections) if door else 0,
             active_requests=door.active if door else 0,

@@ -59,9 +59,11 @@ def numbers(data, size):
 
 
 def assert_memory_released(*streams):
+    """Nothing is held for readers: the budget counts the rings alone."""
     for stream in streams:
         assert stream.held == 0 and stream.statistics().held_bytes == 0
-        assert stream.budget.used == 0
+        assert stream.budget.held == 0
+        assert stream.budget.used == sum(s.ring.footprint for s in stream.budget.histories)
 
 
 # -- fanout and history ---------------------------------------------------------
@@ -579,7 +581,7 @@ async def test_memory_cap_disconnects_under_the_disconnect_policy():
     for _ in range(3):
         await writer.write(b"y" * 20)
         await fast.read(100)
-    assert slow.disconnected and not fast.disconnected and budget.used == 0
+    assert slow.disconnected and not fast.disconnected and budget.held == 0
 
 
 async def test_memory_cap_makes_block_writers_wait():
@@ -593,7 +595,7 @@ async def test_memory_cap_makes_block_writers_wait():
         assert stream.bytes_written == 40 and stream.statistics().waiting_writes == 1
         assert reader.has_room(cost(20))  # it waits for the cap, not for the reader
         assert await reader.read(100) == b"z" * 40
-    assert await reader.read(100) == b"w" * 20 and budget.used == 0
+    assert await reader.read(100) == b"w" * 20 and budget.held == 0
 
 
 async def test_block_writer_parked_on_the_budget_gets_stream_closed():
@@ -616,7 +618,7 @@ async def test_block_writer_parked_on_the_budget_gets_stream_closed():
     assert len(errors) == 1 and stream.bytes_written == 40
     assert stream.statistics().waiting_writes == 0
     assert await read_all(reader) == b"z" * 40
-    assert budget.used == 0
+    assert budget.held == 0
 
 
 @pytest.mark.parametrize("size", [1000, 3 * SMALL_CHUNK])
@@ -699,10 +701,10 @@ async def test_budget_counts_a_chunk_once_however_many_readers_hold_it():
     writer = stream.open_writer()
     for i in range(100):
         await writer.write(record(i, size))
-        assert budget.used == stream.held == cost(size)
+        assert budget.held == stream.held == cost(size)
         for reader in readers:
             assert await reader.read(size) == record(i, size)
-        assert budget.used == 0
+        assert budget.held == 0
     assert stream.dropped_chunks == 0
 
 
@@ -712,18 +714,18 @@ async def test_history_in_the_ring_costs_the_budget_nothing():
     for i in range(10):
         await writer.write(record(i, SMALL_CHUNK))
     readers = [stream.open_reader() for _ in range(5)]
-    assert budget.used == 0 and all(r.pending == 10 * SMALL_CHUNK for r in readers)
+    assert budget.held == 0 and all(r.pending == 10 * SMALL_CHUNK for r in readers)
     await writer.write(record(10, SMALL_CHUNK))
-    assert budget.used == 0
+    assert budget.held == 0
 
 
 async def test_budget_counts_released_and_discarded_data():
     budget, (stream,) = streams_with_budget(None, 1)
     reader = stream.open_reader()
     await stream.open_writer().write(b"abc")
-    assert budget.used == cost(3) and stream.statistics().held_bytes == cost(3)
+    assert budget.held == cost(3) and stream.statistics().held_bytes == cost(3)
     stream.release_reader(reader)
-    assert budget.used == 0 and not budget.readers
+    assert budget.held == 0 and not budget.readers
 
 
 @pytest.mark.parametrize("policy", [DROP, BLOCK, DISCONNECT])
@@ -737,7 +739,7 @@ async def test_held_memory_returns_to_zero_when_readers_are_done(policy):
     for i in range(40):
         await writer.write(b"%d" % i * sizes[i % len(sizes)])  # evicts that history
     late = [stream.open_reader() for _ in range(3)]
-    assert budget.used > 0
+    assert budget.held > 0
     await early[0].read(7)  # part-way through a chunk
     stream.release_reader(early[0])
     stream.release_reader(late[0])
@@ -745,7 +747,7 @@ async def test_held_memory_returns_to_zero_when_readers_are_done(policy):
     await writer.write(b"after")
     await read_all_queued(early[1], late[1])
     stream.close()
-    assert budget.used > 0  # early[2] and late[2] still queue chunks
+    assert budget.held > 0  # early[2] and late[2] still queue chunks
     await read_all(early[2])
     await read_all(late[2], 5)
     assert await read_all(early[1]) == b"" and await read_all(late[1]) == b""
@@ -994,14 +996,16 @@ async def test_a_chunk_dropped_behind_one_part_read_is_counted_as_what_it_was():
     await writer.write(b"L" * 175)  # live, larger than the ring: the cap sheds it
     assert reader.dropped_chunks == 1 and reader.backlog == 0
     assert await reader.read(100) == b"hhhhh"
-    assert reader.backlog == 0 and budget.used == 0
+    assert reader.backlog == 0 and budget.held == 0
 
 
 async def test_the_cap_never_leaves_a_hole_in_a_readers_history():
     """History is lost only from its start: once a reader has begun it, shedding waits
     (found by the model test: the chunk after the one being read was shed)."""
-    budget = MemoryBudget(500)
-    stream = Stream("/s", StreamSettings(0, 4096, DROP, 500), budget)
+    # 500 bytes for readers beside a full ring (4,096 bytes in 16 units and the open one).
+    limit = 500 + 4096 + 17 * CHUNK_OVERHEAD
+    budget = MemoryBudget(limit)
+    stream = Stream("/s", StreamSettings(0, 4096, DROP, limit), budget)
     writer = stream.open_writer()
     await writer.write(b"a" * 3896)
     await writer.write(b"b")

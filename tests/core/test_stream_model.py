@@ -16,6 +16,10 @@ holds, what is dropped and counted, and what memory the stream holds:
   could not go. Nothing is dropped: every reader gets its history and then
   every chunk written while it was open. Closing the stream fails the parked
   writes with StreamClosed and they write nothing.
+- The memory cap counts the ring and what readers hold beyond it. Over it,
+  ring history goes first, oldest unit first, and only once the ring is
+  empty may a reader's data be shed (under ``drop``); a reader loses nothing
+  when its chunks leave the ring.
 
 The stream lives in a trio run on a helper thread for the whole example; every
 operation is sent there and followed by ``wait_all_tasks_blocked`` so that
@@ -132,6 +136,10 @@ class ModelRing:
 
     def contents(self) -> bytes:
         return b"".join(unit.data for unit in self.units) + bytes(self.tail)
+
+    @property
+    def footprint(self) -> int:
+        return self.nbytes + CHUNK_OVERHEAD * (len(self.units) + bool(self.tail))
 
 
 @dataclass
@@ -276,10 +284,39 @@ class StreamModel(RuleBasedStateMachine):
                              self.budget)
         self.writer = self.stream.open_writer()
         self.ring = ModelRing(ring)
+        # What happened to the ring, in order: a chunk recorded, its oldest unit
+        # shed by the cap, a reader's data shed by the cap (see replay_ring).
+        self.ring_events: list[str] = []
+        self.unringed: deque[MChunk] = deque()
+        stream = self.stream
+        for name, event in (("_record", "append"), ("shed_history", "shed history"),
+                            ("shed", "shed reader")):
+            setattr(stream, name, self.recorded(event, getattr(stream, name)))
         # Readers open from the start (keepers or not); more may join at any time.
         return multiple(*(self.open_reader(keeper) for keeper in opened))
 
     # -- helpers ------------------------------------------------------------
+
+    def recorded(self, event, method):
+        def record(*args):
+            self.ring_events.append(event)
+            return method(*args)
+        return record
+
+    def replay_ring(self) -> None:
+        """Follow the ring through the writes and sheds since the last time, in order."""
+        for event in self.ring_events:
+            if event == "append":
+                self.ring.append(self.unringed.popleft())
+            elif event == "shed history":
+                assert self.limit is not None, "history shed without a memory cap"
+                assert self.ring.nbytes, "an empty ring was shed"
+                self.ring.evict()
+                self.saw.add("shed history")
+            else:
+                assert not self.ring.nbytes, "a reader was shed while the ring had history"
+        self.ring_events.clear()
+        assert not self.unringed
 
     def model_held(self) -> int:
         seen: dict[int, MChunk] = {}
@@ -294,6 +331,7 @@ class StreamModel(RuleBasedStateMachine):
         Every reader has room for it, and the memory cap has room for it unless
         no reader has live data queued (then nothing the stream's readers can
         do would free memory, and the write must not wait on other streams).
+        The ring's history is not counted: the cap sheds all of it before a write waits.
         """
         if not all(m.has_room(footprint) for m in self.feed_order):
             return False
@@ -306,7 +344,7 @@ class StreamModel(RuleBasedStateMachine):
         chunk = MChunk(data)
         self.chunks_written += 1
         self.bytes_written += len(data)
-        self.ring.append(chunk)
+        self.unringed.append(chunk)  # into the ring in replay_ring, in the stream's order
         for m in self.feed_order:
             entry = Entry(chunk, history=False)
             m.offered.append(entry)
@@ -351,6 +389,7 @@ class StreamModel(RuleBasedStateMachine):
             assert all(other > wid for other in self.pending), (
                 "block writes delivered out of arrival order")
             self.deliver(data)
+        self.replay_ring()
         if self.policy is SlowReaderPolicy.DROP:
             assert not self.pending, "a drop write waited"
             self.reconcile_shedding()
@@ -512,8 +551,11 @@ class StreamModel(RuleBasedStateMachine):
             return
         stream = self.stream
         assert stream.held == self.model_held(), "held is not the queued chunks outside the ring"
-        assert self.budget.used == stream.held
+        assert self.budget.held == stream.held
         assert stream.ring.nbytes == self.ring.nbytes <= self.ring_size
+        assert stream.ring.footprint == self.ring.footprint
+        assert self.budget.used == stream.held + stream.ring.footprint, (
+            "the cap does not count the ring and the readers' chunks")
         assert stream.chunks_written == self.chunks_written
         assert stream.bytes_written == self.bytes_written
         stats = stream.statistics()
@@ -549,7 +591,9 @@ class StreamModel(RuleBasedStateMachine):
                         if self.policy is SlowReaderPolicy.BLOCK:
                             assert not m.dropped_chunks
                 self.consistent()
-                assert self.stream.held == 0 and self.budget.used == 0
+                assert self.stream.held == 0 and self.budget.held == 0
+                self.stream.discard()
+                assert self.budget.used == 0 and not self.budget.histories
                 StreamModel.seen.update(self.saw)
         finally:
             self.loop.stop()
@@ -588,5 +632,6 @@ class TestDropPolicy(DropModel.TestCase):
     def runTest(self):
         StreamModel.seen = set()
         super().runTest()
-        assert {"drop", "shed", "history", "late-joiner", "release"} <= StreamModel.seen, (
+        assert {"drop", "shed", "shed history", "history", "late-joiner",
+                "release"} <= StreamModel.seen, (
             StreamModel.seen)
