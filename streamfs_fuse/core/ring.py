@@ -31,10 +31,9 @@ class RingBuffer:
     the ring is not kept at all. ``capacity=0`` keeps nothing.
 
     ``evicted`` is called with each shared chunk that leaves the ring.
-    :attr:`footprint` is what the ring holds as the memory cap counts it.
     """
 
-    __slots__ = ("capacity", "nbytes", "unit_size", "_units", "_times", "_tail", "_tail_offset",
+    __slots__ = ("capacity", "nbytes", "footprint", "unit_size", "_units", "_times", "_tail", "_tail_offset",
                  "_tail_time", "_evicted")
 
     def __init__(self, capacity: int, evicted: Callable[[Chunk], None]) -> None:
@@ -42,6 +41,9 @@ class RingBuffer:
             raise ValueError("ring capacity must not be negative")
         self.capacity = capacity
         self.nbytes = 0
+        #: Payload and a chunk's overhead per unit, the open one included: what
+        #: the memory cap counts (an attribute: it is read on every write).
+        self.footprint = 0
         self.unit_size = max(1, min(UNIT_SIZE, capacity // 16))
         self._units: deque[Chunk] = deque()
         #: When each unit was written (its first write): for a join some seconds back.
@@ -65,11 +67,14 @@ class RingBuffer:
             if not self._tail:
                 self._tail_offset = chunk.offset
                 self._tail_time = now
+                self.footprint += CHUNK_OVERHEAD
+            self.footprint += size
             self._tail += data
             if len(self._tail) >= self.unit_size:
                 self._close_tail()
         else:
             self._close_tail()
+            self.footprint += chunk.footprint
             chunk.in_ring = True
             self._units.append(chunk)
             self._times.append(now)
@@ -90,7 +95,7 @@ class RingBuffer:
         while self._units:
             self.evict_oldest()
         self._tail.clear()
-        self.nbytes = 0
+        self.nbytes = self.footprint = 0
 
     def _close_tail(self) -> None:
         if self._tail:
@@ -103,19 +108,17 @@ class RingBuffer:
     def evict_oldest(self) -> None:
         """Let the oldest unit go (the open one when it is the only one)."""
         if not self._units:
-            self.nbytes -= len(self._tail)
-            self._tail.clear()
+            if self._tail:
+                self.nbytes -= len(self._tail)
+                self.footprint -= len(self._tail) + CHUNK_OVERHEAD
+                self._tail.clear()
             return
         chunk = self._units.popleft()
         self._times.popleft()
         self.nbytes -= len(chunk.data)
+        self.footprint -= len(chunk.data) + CHUNK_OVERHEAD
         chunk.in_ring = False
         self._evicted(chunk)
-
-    @property
-    def footprint(self) -> int:
-        """Payload and a chunk's overhead per unit, the open one included."""
-        return self.nbytes + CHUNK_OVERHEAD * len(self)
 
     @property
     def oldest_time(self) -> float | None:

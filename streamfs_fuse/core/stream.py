@@ -499,8 +499,10 @@ class Stream:
         self.chunks_written += 1
         now = trio.current_time()
         # The ring first: a chunk it keeps costs the budget nothing more while it is there.
-        self.ring.append(chunk, now)
-        self._count_ring()
+        ring = self.ring
+        ring.append(chunk, now)
+        if ring.footprint != self.ring_counted:
+            self._count_ring()
         if self.keyframes is not None:
             self.keyframes.add(data, chunk.offset, now)
             if not self.keyframes.is_ts:

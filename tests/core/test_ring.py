@@ -1,8 +1,10 @@
 """The ring of history: whole writes, newest kept, small writes coalesced into units."""
 
+import random
+
 import pytest
 
-from streamfs_fuse.core.chunk import Chunk
+from streamfs_fuse.core.chunk import CHUNK_OVERHEAD, Chunk
 from streamfs_fuse.core.ring import SMALL_CHUNK, UNIT_SIZE, RingBuffer
 
 
@@ -173,3 +175,22 @@ def test_history_knows_where_each_unit_starts_in_the_stream():
     history = ring.history()
     assert [(c.offset, c.data[:1], len(c.data)) for c in history] == [
         (0, b"a", 10), (10, b"b", SMALL_CHUNK), (10 + SMALL_CHUNK, b"c", 12)]
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 100, 3 * SMALL_CHUNK, 4 * UNIT_SIZE])
+def test_footprint_is_payload_and_one_overhead_per_unit_through_every_change(capacity):
+    """What the memory cap counts, kept as the ring changes (an attribute, not a sum)."""
+    ring, _ = make_ring(capacity)
+    rng = random.Random(capacity)
+    for step in range(2000):
+        choice = rng.random()
+        if choice < 0.85:
+            size = rng.choice([1, 50, SMALL_CHUNK - 1, SMALL_CHUNK, 3 * SMALL_CHUNK, UNIT_SIZE])
+            ring.append(Chunk(b"x" * size, 0), step)
+        elif choice < 0.93:
+            ring.evict_oldest()
+        elif choice < 0.98:
+            ring.history()  # may close the open unit: the count of units stays
+        else:
+            ring.clear()
+        assert ring.footprint == ring.nbytes + CHUNK_OVERHEAD * len(ring)
