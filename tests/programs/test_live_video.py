@@ -109,11 +109,14 @@ def test_ffprobe_answers_at_once_on_an_idle_stream(ffmpeg, mnt):
     assert path.exists() and xattr(path, "readers") == 0
 
 
-class Frames:
-    """mpv's frame count from its status line, with the time each count was printed."""
+class StatusLines:
+    """A player's status lines, read in a thread: each value ``PATTERN`` finds, with
+    when it was printed."""
+
+    PATTERN: re.Pattern
 
     def __init__(self, stream):
-        self.counts: list[tuple[float, int]] = []
+        self.seen: list[tuple[float, float]] = []
         self.output = bytearray()
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
@@ -121,10 +124,21 @@ class Frames:
         while data := stream.read1(65536):
             now = time.monotonic()
             self.output += data
-            self.counts += [(now, int(n)) for n in re.findall(rb"FRAME (\d+)", data)]
+            for line in re.split(rb"[\r\n]+", data):
+                if found := self.PATTERN.search(line):
+                    self.seen.append((now, float(found.group(1))))
+
+    def log(self) -> str:
+        return self.output.decode(errors="replace")[-2000:]
+
+
+class Frames(StatusLines):
+    """mpv's frame count, from the status line it was asked for."""
+
+    PATTERN = re.compile(rb"FRAME (\d+)")
 
     def played_by(self, moment):
-        return max((n for t, n in self.counts if t <= moment), default=0)
+        return int(max((n for t, n in self.seen if t <= moment), default=0))
 
 
 def test_mpv_started_before_the_writer_plays_live(mpv, mnt):
@@ -148,8 +162,8 @@ def test_mpv_started_before_the_writer_plays_live(mpv, mnt):
     ended = time.monotonic()
     assert writer.returncode == 0, writer.stderr
     played = frames.played_by(ended)
-    first = min((t for t, n in frames.counts), default=None)
-    log = frames.output.decode(errors="replace")[-2000:]
+    first = min((t for t, n in frames.seen), default=None)
+    log = frames.log()
     assert first is not None, log
     print(f"\nmpv showed its first frame {first - started:.2f}s after the writer started"
           f" and played {played} of {5 * FPS} frames before it ended")
@@ -182,8 +196,8 @@ PLAYERS = {
 }
 
 
-class Shown:
-    """The media time a player has shown, from its status line, with when each was printed.
+class Shown(StatusLines):
+    """The media time a player has shown.
 
     mpv prints ``SHOWN <time-pos>`` (as asked); ffplay prints its clock
     (``1.44 A-V: ...``) once it shows pictures, ``nan`` before.
@@ -191,30 +205,14 @@ class Shown:
 
     PATTERN = re.compile(rb"(?:SHOWN |^\s*)(\d+\.\d+)(?: A-V| M-V|\s*$)")
 
-    def __init__(self, stream):
-        self.times: list[tuple[float, float]] = []
-        self.output = bytearray()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream):
-        while data := stream.read1(65536):
-            now = time.monotonic()
-            self.output += data
-            for line in re.split(rb"[\r\n]+", data):
-                if found := self.PATTERN.search(line):
-                    self.times.append((now, float(found.group(1))))
-
     @property
     def first(self) -> float | None:
-        return self.times[0][0] if self.times else None
+        return self.seen[0][0] if self.seen else None
 
     def played_by(self, moment) -> float:
         """Seconds of media shown from the first picture to ``moment``."""
-        shown = [media for t, media in self.times if t <= moment]
+        shown = [media for t, media in self.seen if t <= moment]
         return shown[-1] - shown[0] if shown else 0.0
-
-    def log(self) -> str:
-        return self.output.decode(errors="replace")[-2000:]
 
 
 @pytest.fixture
