@@ -68,8 +68,12 @@ RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 10.0
 
 #: How often to look whether the streams freed enough to trim the heap, and how much.
-TRIM_INTERVAL = 2.0
-TRIM_AFTER_FREEING = 16 * 1024 * 1024
+#: A user making streams at the cap turns shed history into bookkeeping at about
+#: 24 MB/s (4,000 streams a second), and the freed heap stays resident until
+#: trimmed: every 2 s after 16 MB the daemon peaked 29 MiB over the cap, every
+#: 0.25 s after 4 MiB at most 10 (a trim costs well under 1 ms).
+TRIM_INTERVAL = 0.25
+TRIM_AFTER_FREEING = 4 * 1024 * 1024
 
 failures = RepeatedLog(log)
 
@@ -378,8 +382,8 @@ async def _trim_heap(tree: Tree) -> None:
     budget = tree.budget
     while True:
         await trio.sleep(TRIM_INTERVAL)
-        if budget.peak - budget.used >= TRIM_AFTER_FREEING:
-            budget.peak = budget.used
+        if budget.peak - budget.data >= TRIM_AFTER_FREEING:
+            budget.peak = budget.data
             malloc_trim(0)
 
 

@@ -81,7 +81,10 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.held = 0
-        #: The most ``used`` has been since someone last set it back (see mount._trim_heap).
+        #: Rings and ``held``: ``used`` without the bookkeeping.
+        self.data = 0
+        #: The most ``data`` has been since someone last set it back (see
+        #: mount._trim_heap: the heap that data freed is what a trim gives back).
         self.peak = 0
         self.readers: set[CappedReader] = set()
         #: Streams whose rings hold history: what :meth:`shed` takes first.
@@ -91,13 +94,22 @@ class MemoryBudget:
         self.refusals = RepeatedLog(log)
 
     def grow(self, size: int) -> None:
-        """``size`` more bytes are held (a ring grew, a node or reader was made)."""
+        """A ring holds ``size`` more bytes, or a reader holds a chunk no ring does."""
         self.used += size
-        if self.used > self.peak:
-            self.peak = self.used
+        self.data += size
+        if self.data > self.peak:
+            self.peak = self.data
 
     def free(self, size: int) -> None:
-        self.used -= size
+        self.data -= size
+        self.refund(size)
+
+    def count(self, cost: int) -> None:
+        """Bookkeeping of ``cost`` bytes was made (a node, a reader): see :meth:`check`."""
+        self.used += cost
+
+    def refund(self, cost: int) -> None:
+        self.used -= cost
         if self.cap_waiters:
             for stream in self.cap_waiters:
                 stream.cap_freed()
@@ -121,7 +133,7 @@ class MemoryBudget:
     def check(self, cost: int, what: str) -> None:
         """ENOSPC unless ``cost`` more fits, after shedding what may be shed.
 
-        The caller counts the cost (:meth:`grow`) once it made what it is for.
+        The caller counts the cost (:meth:`count`) once it made what it is for.
         """
         if self.has_room(cost):
             return

@@ -122,7 +122,7 @@ class OpenStream:
         node = self.node
         if self.reader is not None:
             node.stream.release_reader(self.reader)
-            self.tree.budget.free(READER_COST)
+            self.tree.budget.refund(READER_COST)
         if self.writer is not None:
             self.writer.close()
         self.tree.release(node)
@@ -253,7 +253,7 @@ class Tree:
         if read:
             self.budget.check(READER_COST, "opening a reader")
             reader = await stream.join(waiter, lossy=write, join=join)
-            self.budget.grow(READER_COST)
+            self.budget.count(READER_COST)
         writer = stream.open_writer(waiter) if write else None
         self.hold(node)
         return OpenStream(self, node, reader, writer)
@@ -528,9 +528,9 @@ class Tree:
             if self.closed:
                 node.stream.close()
             log.info("stream %r created", node.stream.name)
-            self.budget.grow(STREAM_COST)
+            self.budget.count(STREAM_COST)
         else:
-            self.budget.grow(DIRECTORY_COST)
+            self.budget.count(DIRECTORY_COST)
         self._link(parent, name, node)
         return node
 
@@ -711,9 +711,9 @@ class Tree:
         if not node.linked and node.holds <= 0 and self.nodes.pop(node.inode, None):
             if isinstance(node, StreamFile):
                 node.stream.discard()
-                self.budget.free(STREAM_COST)
+                self.budget.refund(STREAM_COST)
             else:
-                self.budget.free(DIRECTORY_COST)
+                self.budget.refund(DIRECTORY_COST)
 
     # -- the whole mount -----------------------------------------------------
 
