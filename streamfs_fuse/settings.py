@@ -478,8 +478,10 @@ SETTINGS = (
             "block: writers wait, disconnect: it is cut off",
             metavar="POLICY", choices=tuple(p.value for p in SlowReaderPolicy)),
     Setting("max_memory", partial(parse_size, minimum=1),
-            "cap on the data queued for all readers of the mount; over it, "
-            "the readers furthest behind lose their oldest data first"),
+            "cap on the memory the mount holds for its streams: rings, data queued for "
+            "readers, bookkeeping; over it the oldest history goes first, then the "
+            "oldest data of the readers furthest behind; at it new streams and readers "
+            "get ENOSPC"),
     Setting("join", parse_join,
             "where a reader that opens starts: ring (all history), keyframe (the newest "
             "MPEG-TS keyframe in the ring, with PAT and PMT), live (no history), or a "

@@ -33,8 +33,8 @@ class RingBuffer:
     ``evicted`` is called with each shared chunk that leaves the ring.
     """
 
-    __slots__ = ("capacity", "nbytes", "footprint", "unit_size", "_units", "_times", "_tail", "_tail_offset",
-                 "_tail_time", "_evicted")
+    __slots__ = ("capacity", "nbytes", "footprint", "unit_size", "_units", "_times", "_tail",
+                 "_tail_offset", "_tail_time", "_evicted")
 
     def __init__(self, capacity: int, evicted: Callable[[Chunk], None]) -> None:
         if capacity < 0:

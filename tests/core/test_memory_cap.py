@@ -145,7 +145,8 @@ async def test_bookkeeping_is_refunded_on_close_and_unlink():
                            + footprint(5) * 2)  # the small write: in the ring and queued
     for opened in readers[:2]:
         opened.close()
-    assert budget.used == STREAM_COST + DIRECTORY_COST + READER_COST + footprint() + 2 * footprint(5)
+    assert budget.used == (STREAM_COST + DIRECTORY_COST + READER_COST + footprint()
+                           + 2 * footprint(5))
     await tree.unlink(tree.root, b"s")  # still open: its ring may still be read
     await tree.rmdir(tree.root, b"d")
     assert not directory.linked
