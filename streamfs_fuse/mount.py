@@ -373,7 +373,8 @@ async def _trim_heap(tree: Tree) -> None:
     readers let go of their chunks the daemon stayed at its peak RSS. Once the
     streams' data (rings and what readers hold) has fallen by
     :data:`TRIM_AFTER_FREEING` from its peak since the last trim,
-    malloc_trim(0) releases the free pages inside the heap (1,000 stalled readers gone: 90 -> 56 MB, where it stayed at 90).
+    malloc_trim(0) releases the free pages inside the heap (1,000 stalled
+    readers gone: 90 -> 56 MB, where it stayed at 90).
     """
     try:
         malloc_trim = ctypes.CDLL(None).malloc_trim
