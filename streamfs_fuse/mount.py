@@ -358,11 +358,12 @@ async def keep_running(what: str, function, *args) -> None:
 
 async def _flush_logs() -> None:
     """Report the repeats of rate-limited messages once their interval is over."""
+    from .core import budget
     from .fuse import operations
     from .http import door
     while True:
         await trio.sleep(INTERVAL)
-        for repeated in (failures, door.failures, operations.failures):
+        for repeated in (failures, door.failures, operations.failures, budget.refusals):
             repeated.flush()
 
 

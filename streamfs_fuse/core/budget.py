@@ -14,6 +14,8 @@ __all__ = ["CappedReader", "CappedStream", "DIRECTORY_COST", "MemoryBudget", "RE
            "STREAM_COST"]
 
 log = logging.getLogger(__name__)
+#: Refusals at the cap: one line per kind a minute, however many (the daemon flushes it).
+refusals = RepeatedLog(log)
 
 #: Bookkeeping the cap counts for each directory, stream and open reader, beside
 #: their chunks. tracemalloc over 5,000 of each (through Tree.create and
@@ -91,7 +93,6 @@ class MemoryBudget:
         self.histories: set[CappedStream] = set()
         #: Streams with block writes waiting for memory to be freed.
         self.cap_waiters: set[CappedStream] = set()
-        self.refusals = RepeatedLog(log)
 
     def grow(self, size: int) -> None:
         """A ring holds ``size`` more bytes, or a reader holds a chunk no ring does."""
@@ -139,7 +140,7 @@ class MemoryBudget:
             return
         self.shed(cost)
         if not self.has_room(cost):
-            self.refusals.warning("memory cap of %d bytes reached: %s refused", self.limit, what)
+            refusals.warning("memory cap of %d bytes reached: %s refused", self.limit, what)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def shed(self, room: int = 0) -> None:

@@ -4,13 +4,17 @@ readers, and a fixed bookkeeping cost per node and per open reader."""
 from __future__ import annotations
 
 import errno
+import gc
+import tracemalloc
 
 import pytest
 import trio.testing
 
+from streamfs_fuse.core import budget as budget_module
 from streamfs_fuse.core.budget import DIRECTORY_COST, READER_COST, STREAM_COST
 from streamfs_fuse.core.chunk import CHUNK_OVERHEAD
 from streamfs_fuse.core.tree import Directory, StreamFile, Tree
+from streamfs_fuse.logs import RepeatedLog
 from streamfs_fuse.settings import SlowReaderPolicy, StreamSettings
 
 KiB = 1024
@@ -105,7 +109,9 @@ async def test_reader_data_is_shed_only_once_no_history_is_left():
 
 
 @pytest.mark.parametrize("policy", [SlowReaderPolicy.BLOCK, SlowReaderPolicy.DROP])
-async def test_at_the_cap_with_nothing_to_shed_new_nodes_and_readers_get_enospc(policy, caplog):
+async def test_at_the_cap_with_nothing_to_shed_new_nodes_and_readers_get_enospc(
+        policy, caplog, monkeypatch):
+    monkeypatch.setattr(budget_module, "refusals", RepeatedLog(budget_module.log))
     tree = tree_with_cap(2 * STREAM_COST + READER_COST + footprint(), policy=policy, ring=0)
     node = await make_stream(tree, b"s")
     held = await tree.open(node, read=True, write=False)
@@ -188,3 +194,47 @@ async def test_a_block_writer_at_the_cap_still_waits_only_for_its_own_readers():
     assert got == b"".join(parts(i) for i in range(8)) and node.stream.dropped_chunks == 0
     opened.close()
     reader.close()
+
+
+async def test_the_bookkeeping_figures_cover_what_tracemalloc_measures():
+    """What the cap counts per directory, stream and reader is at least what they take."""
+    tree = tree_with_cap(None)
+    count = 2000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            await tree.create(Directory, tree.root, b"d%07d" % i, 0o755, 0, 0)
+        directories = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            await make_stream(tree, b"s%07d" % i)
+        streams = tracemalloc.get_traced_memory()[0]
+        node = tree.root.entries[b"s0000000"]
+        opened = [await tree.open(node, read=True, write=False) for _ in range(count)]
+        readers = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    measured = [(directories - before) / count, (streams - directories) / count,
+                (readers - streams) / count]
+    assert all(m <= cost for m, cost in zip(measured, (DIRECTORY_COST, STREAM_COST,
+                                                       READER_COST))), measured
+    assert len(opened) == count
+
+
+async def test_a_shared_streams_mirror_counts_on_this_host_and_goes_when_it_stops_following():
+    """Redis mode: the host's mirror of a shared stream's ring is memory here (the
+    follower's side of a stream, driven as a shared log drives it)."""
+    tree = tree_with_cap(None)
+    node = await make_stream(tree, b"s")
+    stream = node.stream
+    stream.follow_from(1000)  # a reader opened: this host mirrors the log from here
+    stream.deliver(parts(1), 1000)  # chunks as the log's follower hands them over
+    stream.deliver(parts(2), 1000 + SIZE)
+    assert tree.budget.used == STREAM_COST + 2 * footprint() and tree.budget.held == 0
+    stream.unfollowed()
+    assert tree.budget.used == STREAM_COST and not tree.budget.histories
+    # Another host's create is applied here without a check, and counted.
+    tree.apply({"op": "create", "parent": tree.root.inode, "name": "t", "dir": False,
+                "mode": 0o644, "uid": 0, "gid": 0, "time": 0}, 5)
+    assert tree.budget.used == 2 * STREAM_COST
