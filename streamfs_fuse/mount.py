@@ -384,8 +384,8 @@ async def _trim_heap(tree: Tree) -> None:
     budget = tree.budget
     while True:
         await trio.sleep(TRIM_INTERVAL)
-        if budget.peak - budget.data >= TRIM_AFTER_FREEING:
-            budget.peak = budget.data
+        if budget.peak - budget.used >= TRIM_AFTER_FREEING:
+            budget.peak = budget.used
             malloc_trim(0)
 
 

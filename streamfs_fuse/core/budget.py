@@ -83,10 +83,9 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.held = 0
-        #: Rings and ``held``: ``used`` without the bookkeeping.
-        self.data = 0
-        #: The most ``data`` has been since someone last set it back (see
-        #: mount._trim_heap: the heap that data freed is what a trim gives back).
+        #: The most ``used`` has been since someone last set it back, not counting
+        #: bookkeeping made since: what has fallen below it was freed, and its heap
+        #: is what mount._trim_heap gives back.
         self.peak = 0
         self.readers: set[CappedReader] = set()
         #: Streams whose rings hold history: what :meth:`shed` takes first.
@@ -95,35 +94,40 @@ class MemoryBudget:
         self.cap_waiters: set[CappedStream] = set()
 
     def grow(self, size: int) -> None:
-        """A ring holds ``size`` more bytes, or a reader holds a chunk no ring does."""
+        """A ring holds ``size`` more bytes."""
         self.used += size
-        self.data += size
-        if self.data > self.peak:
-            self.peak = self.data
+        if self.used > self.peak:
+            self.peak = self.used
 
     def free(self, size: int) -> None:
-        self.data -= size
-        self.refund(size)
+        self.used -= size
+        if self.cap_waiters:
+            self._wake_cap_waiters()
+
+    def hold(self, footprint: int) -> None:
+        """A chunk no ring holds is now queued by a reader (grow written out: once per chunk)."""
+        self.held += footprint
+        self.used += footprint
+        if self.used > self.peak:
+            self.peak = self.used
+
+    def release(self, footprint: int) -> None:
+        self.held -= footprint
+        self.used -= footprint
+        if self.cap_waiters:
+            self._wake_cap_waiters()
 
     def count(self, cost: int) -> None:
         """Bookkeeping of ``cost`` bytes was made (a node, a reader): see :meth:`check`."""
         self.used += cost
+        self.peak += cost
 
-    def refund(self, cost: int) -> None:
-        self.used -= cost
-        if self.cap_waiters:
-            for stream in self.cap_waiters:
-                stream.cap_freed()
-            self.cap_waiters.clear()
+    refund = free
 
-    def hold(self, footprint: int) -> None:
-        """A chunk no ring holds is now queued by a reader."""
-        self.held += footprint
-        self.grow(footprint)
-
-    def release(self, footprint: int) -> None:
-        self.held -= footprint
-        self.free(footprint)
+    def _wake_cap_waiters(self) -> None:
+        for stream in self.cap_waiters:
+            stream.cap_freed()
+        self.cap_waiters.clear()
 
     def over(self) -> bool:
         return self.limit is not None and self.used > self.limit

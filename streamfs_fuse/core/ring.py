@@ -116,7 +116,7 @@ class RingBuffer:
         chunk = self._units.popleft()
         self._times.popleft()
         self.nbytes -= len(chunk.data)
-        self.footprint -= len(chunk.data) + CHUNK_OVERHEAD
+        self.footprint -= chunk.footprint
         chunk.in_ring = False
         self._evicted(chunk)
 
