@@ -29,7 +29,7 @@ CAP_ARGS = ("--max-memory", "64MB", "--ring-buffer-size", "6MB")
 #: new pages from pymalloc's arenas; the FUSE and HTTP requests in flight hold buffers
 #: the cap does not count. Measured peaks: 72.7-75.6 MiB over the baseline for the
 #: FUSE flood, 74.4-78.9 for the HTTP one, so 8.7-14.9 MiB over the cap; a trim that
-#: runs late on a loaded machine (2 cores, 4 test runs) adds about 4 MiB per 0.1 s.
+#: runs late on a loaded machine (2 cores shared) adds 2.4 MB per 0.1 s (streams at 24 MB/s).
 SLACK = 24 * MiB
 RECORD = 4096
 STREAMS = 200
