@@ -73,7 +73,7 @@ class StreamStatistics:
     #: Bytes this host's readers have read, in all.
     delivered_bytes: int
     #: Memory held for readers beyond the ring, with per-chunk overhead: what
-    #: this stream counts against ``max_memory``.
+    #: this stream counts against ``max_memory`` besides its ring and bookkeeping.
     held_bytes: int
     dropped_chunks: int
     dropped_bytes: int
