@@ -148,7 +148,7 @@ def http_door(settings: HTTPSettings, tree: Tree,
     if fs is not None:
         routes.fuse_requests = count_fuse_requests(fs)
     door = HTTPDoor(routes, settings, token=token, token_owner=owner, anonymous=anonymous,
-                    tls=tls_context(settings))
+                    tls=tls_context(settings), budget=tree.budget)
     routes.door = door
     return door
 

@@ -19,9 +19,11 @@ Invariants:
   waiting for a request is closed, or the newcomer gets 503.
 - What a connection holds to send is views of chunks still counted by the
   core (see :meth:`~.reader.Reader.read_for_sending`), never a copy; what it
-  buffers from its client is bounded by :data:`BODY_RECEIVE` (a request
-  head and what came behind it: its body's start, or pipelined requests) and
-  :data:`UPLOAD_PIECE` (a body).
+  buffers from its client is bounded by :data:`MAX_HEAD` (a request head and
+  what came behind it: its body's start, or pipelined requests) and
+  :data:`UPLOAD_PIECE` (a body). Each connection counts
+  :data:`CONNECTION_COST` against the mount's memory cap: at the cap the
+  oldest connection waiting for a request is closed, or the newcomer gets 503.
 - A request head must arrive within :data:`HEAD_TIMEOUT`, and an upload
   that sends nothing for ``body_timeout`` is ended (what arrived is kept).
 - A client that hangs up is normal: logged at debug level, never as an error.
@@ -48,6 +50,7 @@ import h11
 import trio
 
 from ..core.access import NOBODY, Identity
+from ..core.budget import MemoryBudget
 from ..settings import HTTPSettings
 from ..logs import RepeatedLog
 from ..core.reader import Reader, ReaderDisconnected
@@ -63,11 +66,22 @@ MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
 #: Largest piece read from a reader at once: a 1 MiB chunk goes out in one writev.
 READ_SIZE = 1024 * 1024
-#: Largest socket read of a request, head or body: a PUT of AGFS's 64 KiB
-#: write comes in one read and one body event. A streaming client's few bytes
-#: are read :data:`MAX_HEAD` at a time, all they can be (1,000 stalled readers
-#: cost the same RSS either way: +51 MB at a 32 MB cap).
+#: Largest socket read of a request body. A request head is read :data:`MAX_HEAD`
+#: at a time, all it can be: a read ahead of the head is pipelined data that the
+#: connection holds for as long as the request lasts (a live stream's GET: for
+#: ever), and 500 connections that sent a GET and 200 KB behind it held +82 MiB
+#: with 256 KiB head reads. A streaming client's few bytes are read
+#: :data:`MAX_HEAD` at a time too (1,000 stalled readers cost the same RSS
+#: either way: +51 MB at a 32 MB cap).
 BODY_RECEIVE = 256 * 1024
+#: What a connection costs the memory cap (``--max-memory``), beside what its
+#: request holds (a reader, an upload's chunks, counted by the core): its objects
+#: (trio's socket and task, h11's state, the Connection: 500 idle stream GETs
+#: raised RSS by 14.7 KiB each, 3 KiB of it the reader, counted apart), and h11's
+#: receive buffer, which may hold a head read and :data:`MAX_HEAD` kept behind
+#: the request, in a bytearray that keeps its size (2,113 stream GETs with 200 KB
+#: behind each: 45 KiB each).
+CONNECTION_COST = 12 * 1024 + 2 * MAX_HEAD
 #: Largest piece handed to TLS at once: what a stalled HTTPS client holds encrypted.
 #: 100 stalled HTTPS readers cost 80, 168 and 575 KiB each at 16, 64 and 256 KiB
 #: (3.1 MiB handing over 1 MiB); one reader got 315 MiB/s at 16 KiB, 505 at 64.
@@ -179,12 +193,18 @@ class Exchange:
                     raise h11.RemoteProtocolError("the client closed before its body was "
                                                   "complete", error_status_hint=400)
                 return event
-            # h11 keeps the size the chunk header declared to itself; an
-            # absurd one would have the connection wait for ever.
-            declared = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
+            # h11 keeps to itself what is left of the body (Content-Length) or
+            # of the chunk (the size its header declared; an absurd one would
+            # have the connection wait for ever).
+            reader = getattr(conn, "_reader", None)
+            declared = getattr(reader, "_bytes_in_chunk", 0)
             if declared > MAX_DECLARED_CHUNK:
                 raise Refused(400, "a chunk of the body declares an absurd size", close=True)
-            data = await self.connection.receive(BODY_RECEIVE, self.body_timeout)
+            # Read no further than MAX_HEAD past what the body still needs: what
+            # comes behind a body is pipelined data, held as long as the next request.
+            left = getattr(reader, "_remaining", declared)
+            data = await self.connection.receive(min(BODY_RECEIVE, left + MAX_HEAD),
+                                                 self.body_timeout)
             if data is None:
                 raise Refused(408, f"the request body sent nothing for {self.body_timeout:g} s",
                               close=True)
@@ -339,9 +359,10 @@ class Exchange:
     async def watch_hangup(self, scope: trio.CancelScope) -> None:
         """Read while an answer waits or streams: the client closing cancels ``scope``.
 
-        Pipelined requests are kept for later, up to :data:`MAX_HEAD`.
+        Pipelined requests are kept for later, up to :data:`MAX_HEAD` with
+        what h11 already holds behind this request.
         """
-        kept = 0
+        kept = len(self.conn.trailing_data[0])
         try:
             while data := await self.sock.receive_some(MAX_HEAD):
                 if kept + len(data) <= MAX_HEAD:
@@ -520,8 +541,11 @@ class HTTPDoor:
 
     def __init__(self, routes: Routes, settings: HTTPSettings, *, token: bytes | None = None,
                  token_owner: Identity | None = None, max_connections: int | None = None,
-                 anonymous: bool = True, tls: ssl.SSLContext | None = None) -> None:
+                 anonymous: bool = True, tls: ssl.SSLContext | None = None,
+                 budget: MemoryBudget | None = None) -> None:
         self.routes = routes
+        #: The mount's memory cap, which counts every connection (none: uncapped).
+        self.budget = budget or MemoryBudget()
         self.settings = settings
         #: With a context, TCP connections are served over TLS (HTTPS); Unix sockets never.
         self.tls = tls
@@ -577,7 +601,7 @@ class HTTPDoor:
                 self._admit(sock, unix, nursery)
 
     def _admit(self, sock: trio.SocketStream, unix: bool, nursery: trio.Nursery) -> None:
-        if len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections or not self._fits():
             if self._idle:
                 oldest = next(iter(self._idle))
                 del self._idle[oldest]
@@ -586,10 +610,22 @@ class HTTPDoor:
             else:
                 nursery.start_soon(self._refuse, sock)
                 return
-        peer = peer_identity(sock) if unix else None
+        connection = self._open(sock, peer_identity(sock) if unix else None)
+        nursery.start_soon(self._connection, connection)
+
+    def _fits(self) -> bool:
+        """Whether one more connection fits under the memory cap, after shedding history."""
+        try:
+            self.budget.check(CONNECTION_COST, "an HTTP connection")
+        except OSError:
+            return False
+        return True
+
+    def _open(self, sock: trio.abc.Stream, peer: Identity | None) -> Connection:
         connection = Connection(sock, peer)
         self.connections.add(connection)
-        nursery.start_soon(self._connection, connection)
+        self.budget.count(CONNECTION_COST)
+        return connection
 
     async def _refuse(self, sock: trio.SocketStream) -> None:
         """Past the cap with every connection busy: 503, at once, or a plain close."""
@@ -610,9 +646,7 @@ class HTTPDoor:
 
     async def connection(self, sock: trio.abc.Stream, peer: Identity | None = None) -> None:
         """Serve one connection (tests hand in a memory stream and who its peer is)."""
-        connection = Connection(sock, peer)
-        self.connections.add(connection)
-        await self._connection(connection)
+        await self._connection(self._open(sock, peer))
 
     async def _connection(self, connection: Connection) -> None:
         sock = connection.sock
@@ -643,6 +677,7 @@ class HTTPDoor:
         finally:
             self._idle.pop(connection, None)
             self.connections.discard(connection)
+            self.budget.refund(CONNECTION_COST)
             await trio.aclose_forcefully(sock)
 
     async def _next_request(self, connection: Connection, conn: h11.Connection):
@@ -663,7 +698,7 @@ class HTTPDoor:
         self._idle[connection] = None
         try:
             while event is h11.NEED_DATA:
-                conn.receive_data(await connection.receive(BODY_RECEIVE))
+                conn.receive_data(await connection.receive(MAX_HEAD))
                 event = conn.next_event()
         finally:
             self._idle.pop(connection, None)

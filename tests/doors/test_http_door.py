@@ -13,7 +13,8 @@ import trio.testing
 from streamfs_fuse.core.access import NOBODY, ROOT, Identity
 from streamfs_fuse.http.agfs import AGFSRoutes
 from streamfs_fuse.settings import HTTPSettings
-from streamfs_fuse.http.door import HEAD_TIMEOUT, UPLOAD_PIECE, HTTPDoor, send_vectored
+from streamfs_fuse.http.door import (CONNECTION_COST, HEAD_TIMEOUT, UPLOAD_PIECE, HTTPDoor,
+                                     send_vectored)
 from streamfs_fuse.core.tree import StreamFile, Tree
 from streamfs_fuse.settings import StreamSettings
 
@@ -311,3 +312,28 @@ async def test_vectored_send_to_a_peer_that_left_is_a_broken_resource():
         raise AssertionError("a send to a closed peer succeeded")
     finally:
         await ours.aclose()
+
+
+async def test_at_the_memory_cap_creates_get_507_and_connections_count():
+    """The cap counts each connection (CONNECTION_COST) and refunds it at the close; a
+    create that does not fit is 507 through the native and the AGFS routes alike."""
+    tree = Tree(StreamSettings(max_memory=1 << 20), 0, 0)
+    settings = HTTPSettings(addresses=(("127.0.0.1", 0),))
+    door = HTTPDoor(AGFSRoutes(tree, settings), settings, budget=tree.budget)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(door.connection, server, ROOT)
+        await trio.testing.wait_all_tasks_blocked()
+        assert tree.budget.used == CONNECTION_COST
+        tree.budget.count(tree.budget.limit - tree.budget.used)  # the rest of the cap is taken
+        for request in (b"PUT /new HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+                        b"POST /api/v1/directories?path=/streamfs/d HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 0\r\n\r\n"):
+            await client.send_all(request)
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith((b"}", b"\n")):
+                reply += await client.receive_some(65536)
+            assert status(reply) == 507, reply
+        assert tree.root.entries == {}
+        await client.aclose()
+    assert tree.budget.used == tree.budget.limit - CONNECTION_COST

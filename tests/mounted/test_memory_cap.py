@@ -8,8 +8,10 @@ bound its RSS by the cap + its RSS right after mounting + :data:`SLACK`.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -243,12 +245,53 @@ def test_an_anonymous_http_flood_gets_507_and_stays_inside_the_cap(world_readabl
         assert set(codes[first:]) <= {"201", "507"}
         assert codes[first:].count("507") > 0.9 * len(codes[first:])
         assert STREAMS + codes.count("201") <= CAP // STREAM_COST
-        assert request(port, "PUT", "/drop/again", b"x") == 507
-        # The AGFS route's mkdir maps the same errno to the same status.
-        assert request(port, "POST", "/api/v1/directories?path=/streamfs/drop/dir") == 507
+        # (The AGFS route's 507 and the connections' share of the cap: tests/doors.)
         assert_full(mnt)
         legit.finish()
     print(f"anonymous: {first} streams before the first 507")
     assert_within_bound(peak.peak_kib, baseline)
     assert_serving(mnt)
     assert "Traceback" not in mnt.log()
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the daemon takes: it may close the connection (a refusal, or the end)."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def test_connections_with_data_pipelined_behind_a_stream_stay_inside_the_cap(
+        world_readable_dir, mount_with):
+    """Connections count against the cap too: each sends a live stream's GET and 200 KB
+    behind it (pipelined data the connection would hold for as long as the stream
+    lasts), until the door refuses them; the daemon stays inside the cap, the legit
+    block reader loses nothing, and the door answers once they are gone."""
+    port = free_port()
+    mnt = mount_with("--http", f"127.0.0.1:{port}", *CAP_ARGS, parent=world_readable_dir)
+    wait_until(lambda: accepts(port) or mnt.daemon.poll() is not None, what="the HTTP port")
+    baseline = rss_kib(mnt.daemon.pid)
+    (mnt / "tv").touch()
+    legit = LegitPipeline(mnt / "live")
+    legit.start()
+    behind = b"GET /tv HTTP/1.1\r\nhost: x\r\n\r\n" + b"G" * 200_000
+    held, statuses = [], collections.Counter()
+    with PeakRSS(mnt.daemon.pid) as peak:
+        while len(held) < 4000 and statuses[b"refused"] < 50:
+            sock = socket.create_connection(("127.0.0.1", port))
+            held.append(sock)
+            sock.sendall(behind[:MiB // 16])  # what fits in the kernel's buffers now
+            threading.Thread(target=send_quietly, args=(sock, behind[MiB // 16:]),
+                             daemon=True).start()
+            head = sock.recv(12)  # the daemon read the GET and answered, or refused
+            statuses[head[9:12] if head[9:12] == b"200" else b"refused"] += 1
+        assert statuses[b"200"] > 1000, statuses
+        assert statuses[b"refused"] == 50, statuses
+        legit.finish()
+    for sock in held:
+        sock.close()
+    print(f"connections: {dict(statuses)}")
+    assert_within_bound(peak.peak_kib, baseline)
+    wait_until(lambda: request(port, "GET", "/") == 200, what="the door answering again")
+    assert mnt.daemon.poll() is None and "Traceback" not in mnt.log()
