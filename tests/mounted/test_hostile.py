@@ -116,7 +116,7 @@ def test_random_operations_by_another_user_never_stop_the_daemon(shared_mount,
     assert "Traceback" not in mnt.log()
     # Not vacuous: many operations ran, and both succeeded and were refused.
     print(f"\n{sum(answers.values())} operations: {dict(answers)}")
-    assert sum(answers.values()) >= 40 * 5 and answers["ok"] > 30 and len(answers) > 4, answers
+    assert sum(answers.values()) > 300 and answers["ok"] > 30 and len(answers) > 4, answers
 
 
 def test_renaming_the_top_of_a_deep_tree_as_a_user(shared_mount, unprivileged_user):
